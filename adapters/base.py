@@ -1,0 +1,68 @@
+"""The narrow interface every channel implements, and the registry from config key to adapter.
+
+An adapter translates at the edge: provider payload in, one `Inbound` out (published on the
+bus); one `Outbound` in, provider API call out. It declares what its channel can do, and the
+pipeline adapts to that; adapters never branch on each other.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+
+from gateway.message import Outbound
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    text_limit: int | None  # characters per message; None: no limit, never split
+    threads: bool = False
+    typing: bool = False
+    edits: bool = False
+    media: bool = False
+
+
+class Adapter(ABC):
+    """One channel. Subclasses set `name` and `capabilities` and register themselves."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def routes(self) -> list[web.RouteDef]:
+        """HTTP routes (webhooks, pages) mounted on the `web` process."""
+        return []
+
+    async def start(self) -> None:
+        """Open long-lived provider connections (connectors role); HTTP-only channels need none."""
+
+    async def stop(self) -> None:
+        """Close what `start` opened."""
+
+    @abstractmethod
+    async def send(self, outbound: Outbound) -> None:
+        """Deliver one message (already split to `capabilities.text_limit`) to the customer."""
+
+    async def typing(self, conversation: str) -> None:
+        """Show that an answer is being prepared, where the channel can."""
+
+
+REGISTRY: dict[str, type[Adapter]] = {}
+
+
+def register(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
+    def decorate(cls: type[Adapter]) -> type[Adapter]:
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return decorate

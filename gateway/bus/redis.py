@@ -1,0 +1,268 @@
+"""Redis Streams bus: one stream, one consumer group, as many worker processes as you like.
+
+Order across processes: publishing gives each message the next sequence number of its
+conversation in the same Lua call that adds it to the stream, and a worker processes message
+`n` only once message `n-1` is done (see `turn`). Completion is published on a channel that
+wakes waiting workers at once.
+
+Nothing lost: an entry is acknowledged (and deleted) only after its message was handled; a
+worker heart-beats the entries it holds, and entries idle longer than `claim_idle` (their
+worker died) are claimed by a live worker with XAUTOCLAIM. Nothing doubled: a reclaimed entry
+whose turn is already done is skipped, and the pipeline itself dedupes provider message ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.bus import Handler, Listener
+from gateway.message import Inbound
+from gateway.ordering import ConversationDispatcher, Turn
+
+log = structlog.get_logger(__name__)
+
+STREAM = "gw:inbound"
+GROUP = "workers"
+TURNS_CHANNEL = "gw:turns"
+TOPIC_PREFIX = "gw:topic:"
+READ_BATCH = 64
+RETRY_SECONDS = 1.0
+
+_PUBLISH = """
+local seq = redis.call('HINCRBY', KEYS[2], 'next', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return redis.call('XADD', KEYS[1], '*', 'seq', seq, 'conv', ARGV[2], 'data', ARGV[1])
+"""
+
+_COMPLETE = """
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+if tonumber(ARGV[1]) > done then redis.call('HSET', KEYS[1], 'done', ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return done
+"""
+
+
+def _sequence_key(conversation: str) -> str:
+    return f"gw:seq:{conversation}"
+
+
+class _Entry:
+    __slots__ = ("conversation", "entry_id", "message", "seq")
+
+    def __init__(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        self.entry_id = entry_id
+        self.seq = int(fields[b"seq"])
+        self.conversation = fields[b"conv"].decode()
+        self.message: Inbound | None = None
+        with contextlib.suppress(ValueError):
+            self.message = Inbound.model_validate_json(fields[b"data"])
+
+
+class RedisBus:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        max_concurrency: int,
+        claim_idle: float,
+        conversation_ttl: float,
+        consumer: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._max_concurrency = max_concurrency
+        self._claim_idle_ms = int(claim_idle * 1000)
+        self._ttl = int(conversation_ttl)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._publish = redis.register_script(_PUBLISH)
+        self._complete = redis.register_script(_COMPLETE)
+        self._listeners: defaultdict[str, list[Listener]] = defaultdict(list)
+        self._held: set[str] = set()  # entry ids this consumer holds, heart-beaten while held
+        self._dispatcher: ConversationDispatcher[_Entry] | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def publish(self, message: Inbound) -> None:
+        await self._publish(
+            keys=[STREAM, _sequence_key(message.conversation)],
+            args=[message.model_dump_json(), message.conversation, self._ttl],
+        )
+
+    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+        await self._redis.publish(TOPIC_PREFIX + topic, orjson.dumps(payload))
+
+    def subscribe(self, topic: str, listener: Listener) -> None:
+        self._listeners[topic].append(listener)
+        if self._listener_task is None:
+            self._listener_task = asyncio.create_task(self._listen(), name="bus:pubsub")
+
+    # --- consuming ----------------------------------------------------------------------
+
+    async def consume(self, handler: Handler) -> None:
+        async def handle(entry: _Entry) -> None:
+            try:
+                if entry.message is None:
+                    log.error("bus.unreadable_entry", entry_id=entry.entry_id)
+                else:
+                    await handler(entry.message)
+            except RedisError as exc:
+                # Redis itself failed mid-message: leave the entry pending so that it is
+                # claimed again after `claim_idle` (by this worker or another).
+                log.warning("bus.handler_redis_error", entry_id=entry.entry_id, error=str(exc))
+                self._held.discard(entry.entry_id)
+                return
+            except Exception:
+                # Anything else is a bug the pipeline did not contain: retrying cannot help,
+                # and holding the entry would block the conversation forever.
+                log.exception("bus.handler_failed", entry_id=entry.entry_id)
+            await self._finish(entry)
+
+        self._dispatcher = ConversationDispatcher(
+            handle, max_concurrency=self._max_concurrency, skip=self._ack, gate=self
+        )
+        if self._listener_task is None:
+            self._listener_task = asyncio.create_task(self._listen(), name="bus:pubsub")
+        await self._ensure_group()
+        background = [
+            asyncio.create_task(self._heartbeat(), name="bus:heartbeat"),
+            asyncio.create_task(self._reclaim(), name="bus:reclaim"),
+        ]
+        try:
+            await self._read_new()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._dispatcher.close()
+
+    async def turn(self, key: str, seq: int) -> Turn:
+        done = int(await self._redis.hget(_sequence_key(key), "done") or 0)
+        if seq <= done:
+            return Turn.DONE
+        return Turn.READY if seq == done + 1 else Turn.WAIT
+
+    async def _read_new(self) -> None:
+        while True:
+            try:
+                response = await self._redis.xreadgroup(
+                    GROUP, self.consumer, {STREAM: ">"}, count=READ_BATCH, block=1000
+                )
+            except RedisError as exc:
+                log.warning("bus.read_failed", error=str(exc))
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            for _stream, entries in response or ():
+                await self._submit(entries)
+
+    async def _submit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        assert self._dispatcher is not None
+        for raw_id, fields in entries:
+            if not fields:  # the entry was deleted after being claimed: nothing to do
+                continue
+            entry = _Entry(raw_id.decode(), fields)
+            if entry.entry_id in self._held:
+                continue
+            self._held.add(entry.entry_id)
+            await self._dispatcher.submit(entry.conversation, entry.seq, entry)
+
+    async def _finish(self, entry: _Entry) -> None:
+        await self._complete(
+            keys=[_sequence_key(entry.conversation), TURNS_CHANNEL],
+            args=[entry.seq, self._ttl, entry.conversation],
+        )
+        await self._ack(entry)
+
+    async def _ack(self, entry: _Entry) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(STREAM, GROUP, entry.entry_id)
+            pipe.xdel(STREAM, entry.entry_id)
+            await pipe.execute()
+        self._held.discard(entry.entry_id)
+
+    async def _heartbeat(self) -> None:
+        """Keep the entries this worker holds from looking idle (and being claimed) while alive."""
+        while True:
+            await asyncio.sleep(self._claim_idle_ms / 3000)
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                await self._redis.xclaim(STREAM, GROUP, self.consumer, 0, held, justid=True)
+            except RedisError as exc:
+                log.warning("bus.heartbeat_failed", error=str(exc))
+
+    async def _reclaim(self) -> None:
+        """Take over entries a dead worker left pending."""
+        while True:
+            await asyncio.sleep(self._claim_idle_ms / 2000)
+            try:
+                start = "0-0"
+                while True:
+                    start, entries, *_ = await self._redis.xautoclaim(
+                        STREAM, GROUP, self.consumer, self._claim_idle_ms, start, count=100
+                    )
+                    if entries:
+                        log.info("bus.reclaimed", count=len(entries))
+                        await self._submit(entries)
+                    if start in (b"0-0", "0-0"):
+                        break
+            except RedisError as exc:
+                log.warning("bus.reclaim_failed", error=str(exc))
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _listen(self) -> None:
+        """One pub/sub connection per process: turn completions and broadcast topics."""
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(TURNS_CHANNEL)
+                await pubsub.psubscribe(TOPIC_PREFIX + "*")
+                async for event in pubsub.listen():
+                    self._on_event(event)
+            except RedisError as exc:
+                log.warning("bus.pubsub_lost", error=str(exc))
+                await asyncio.sleep(RETRY_SECONDS)
+            finally:
+                await pubsub.aclose()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        channel = event["channel"].decode()
+        if channel == TURNS_CHANNEL:
+            if self._dispatcher is not None:
+                self._dispatcher.wake(event["data"].decode())
+            return
+        topic = channel.removeprefix(TOPIC_PREFIX)
+        payload = orjson.loads(event["data"])
+        for listener in self._listeners.get(topic, ()):
+            try:
+                listener(payload)
+            except Exception:
+                log.exception("bus.listener_failed", topic=topic)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            await asyncio.gather(self._listener_task, return_exceptions=True)

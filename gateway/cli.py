@@ -1,0 +1,204 @@
+"""The `gateway` command: run the process types, manage the knowledge base, ask, check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.logs import configure_logging
+
+app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
+kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Config file (default: $GATEWAY_CONFIG or config/gateway.yaml)."
+    ),
+]
+
+
+def _load(path: Path | None, *, quiet: bool = False) -> GatewayConfig:
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        console.print(f"[red]Config error[/red] {error}")
+        raise typer.Exit(2) from None
+    secrets = [
+        secret.get_secret_value()
+        for secret in (config.server.api_token, config.brain.anthropic_api_key)
+        if secret is not None
+    ]
+    configure_logging("warning" if quiet else config.logging.level, config.logging.format, secrets)
+    return config
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Everything in one process: web, worker, and the knowledge base ingested when stale."""
+    from gateway.serve import run
+
+    settings = _load(config)
+    console.print(
+        f"Web chat: [bold]http://localhost:{settings.server.port}/[/bold]  (Ctrl+C stops)"
+    )
+    asyncio.run(run(settings, http=True, worker=True, ingest=True))
+
+
+@app.command()
+def web(config: ConfigOption = None) -> None:
+    """The `web` process type: webhooks, web chat, health and metrics."""
+    from gateway.serve import run
+
+    asyncio.run(run(_load(config), http=True, worker=False))
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """The `worker` process type: pipeline consumers on the bus (needs REDIS_URL to scale out)."""
+    from gateway.serve import run
+
+    settings = _load(config)
+    if not settings.redis_url:
+        console.print("[yellow]No REDIS_URL: a lone worker has no web process to feed it.[/yellow]")
+    asyncio.run(run(settings, http=False, worker=True))
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Folders or files; default: knowledge.sources.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Ingest Markdown, MDX, text and HTML; unchanged files are skipped."""
+    from gateway.runtime import open_knowledge
+
+    settings = _load(config)
+    sources = paths or settings.knowledge.sources
+    if not sources:
+        console.print("[red]Nothing to ingest:[/red] give a PATH or set knowledge.sources.")
+        raise typer.Exit(2)
+    missing = [path for path in sources if "://" not in path and not Path(path).exists()]
+    if missing:
+        console.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    knowledge = open_knowledge(settings)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("Ingesting", total=None)
+
+        def on_progress(path: str, done: int, total: int) -> None:
+            progress.update(
+                task, completed=done, total=total, description=f"Ingesting {Path(path).name[:40]}"
+            )
+
+        report = knowledge.ingest(sources, on_progress=on_progress)
+        progress.update(task, description="Ingested")
+    console.print(
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.chunks} chunks in {report.seconds:.1f}s"
+    )
+
+
+@app.command()
+def ask(
+    text: Annotated[str, typer.Argument(help="The customer's message.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the REST answer as JSON.")] = False,
+    conversation: Annotated[
+        str | None, typer.Option(help="Conversation id (default: new).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send one message through the pipeline, in process, and print the answer."""
+    from adapters.rest import answer_body
+
+    settings = _load(config, quiet=True)
+    conversation_id = conversation or f"cli-{uuid.uuid4().hex[:8]}"
+    body = answer_body(conversation_id, asyncio.run(_ask(settings, conversation_id, text)))
+    if as_json:
+        sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        return
+    decision = body["decision"]
+    for reply in body["replies"]:
+        console.print(reply["text"], highlight=False, soft_wrap=True)
+    console.print(
+        f"[dim]{decision['action']} ({decision['reason'] or 'answered'}), "
+        f"confidence {decision['confidence']:.2f}, {body['latency_ms']:.0f} ms[/dim]"
+    )
+    for source in decision["sources"]:
+        console.print(f"[dim]  source: {source['title']} ({source['source']})[/dim]")
+
+
+async def _ask(settings: GatewayConfig, conversation_id: str, text: str):  # type: ignore[no-untyped-def]
+    from gateway.message import Inbound, conversation_key
+    from gateway.runtime import Runtime
+
+    async with Runtime.open(settings, embedded=True) as runtime:
+        await runtime.ingest_if_stale()
+        message = Inbound(
+            channel="rest",
+            conversation=conversation_key("rest", conversation_id),
+            sender="cli",
+            text=text,
+            provider_message_id=uuid.uuid4().hex,
+        )
+        return await runtime.pipeline.handle(message)
+
+
+@app.command()
+def check(config: ConfigOption = None) -> None:
+    """Validate the config and reach Redis and Chroma; exit non-zero with the reason."""
+    settings = _load(config, quiet=True)
+    results = asyncio.run(_check(settings))
+    table = Table("check", "status", "detail")
+    for name, ok, detail in results:
+        table.add_row(name, "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+    console.print(table)
+    if not all(ok for _, ok, _ in results):
+        raise typer.Exit(1)
+
+
+async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
+    from gateway.redis_client import connect_redis
+    from gateway.runtime import open_knowledge
+
+    results: list[tuple[str, bool, str]] = [("config", True, "valid")]
+    if settings.redis_url:
+        redis = connect_redis(settings.redis_url)
+        try:
+            await asyncio.wait_for(redis.ping(), 5)
+            results.append(("redis", True, "reachable"))
+        except Exception as error:
+            results.append(("redis", False, f"{type(error).__name__}: {error}"))
+        finally:
+            await redis.aclose()
+    else:
+        results.append(("redis", True, "not configured: in-process bus and store"))
+    knowledge = open_knowledge(settings)
+    where = settings.knowledge.chroma_url or f"embedded in {settings.data_dir}"
+    try:
+        await asyncio.wait_for(knowledge.ping(), 5)
+        chunks = await asyncio.to_thread(knowledge.count)
+        results.append(("chroma", True, f"{where}, {chunks} chunks"))
+    except Exception as error:
+        results.append(("chroma", False, f"{where}: {type(error).__name__}: {error}"))
+    return results

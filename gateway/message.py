@@ -1,0 +1,161 @@
+"""The one message model: every channel's payload becomes an `Inbound`, every reply an `Outbound`.
+
+Nothing past an adapter knows a provider's payload shape; provider-only details travel in
+`extras` and are read back only by the adapter that wrote them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def conversation_key(channel: str, *scope: str) -> str:
+    """The key that isolates one customer's conversation: channel plus provider-scoped ids.
+
+    Every part is provider-assigned (a chat id, a phone number, a thread id), so two
+    customers never share a key, and the same customer on two channels has two keys.
+    """
+    if not scope or any(not part for part in scope):
+        raise ValueError(f"conversation key for {channel!r} needs non-empty scope parts")
+    return ":".join((channel, *scope))
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Attachment(Model):
+    kind: str  # image, document, audio, video, sticker, location, other
+    name: str | None = None
+    url: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+
+    def describe(self) -> str:
+        """A text note for the brain and the transcript (attachments are never downloaded)."""
+        label = self.name or self.mime_type or "file"
+        return f"[{self.kind} attached: {label}]"
+
+
+class Inbound(Model):
+    """A customer's (or agent's) message, normalized."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    channel: str
+    conversation: str
+    sender: str
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    provider_message_id: str
+    received_at: datetime = Field(default_factory=utcnow)
+    thread: str | None = None  # provider thread / reply-to context, when the channel has one
+    extras: dict[str, Any] = Field(default_factory=dict)  # provider details, for its adapter only
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.channel}:{self.provider_message_id}"
+
+    @property
+    def content(self) -> str:
+        """What the brain and transcript see: the text plus a note per attachment."""
+        notes = [attachment.describe() for attachment in self.attachments]
+        return "\n".join(part for part in (self.text.strip(), *notes) if part)
+
+
+class Source(Model):
+    source: str
+    title: str
+
+
+class Action(StrEnum):
+    ANSWER = "answer"
+    ESCALATE = "escalate"
+    HUMAN = "human"  # a person owns the conversation; the bot stays silent
+
+
+class Reason(StrEnum):
+    HUMAN_REQUESTED = "human_requested"
+    LOW_CONFIDENCE = "low_confidence"
+    EMPTY_MESSAGE = "empty_message"
+    HUMAN_ACTIVE = "human_active"
+    PIPELINE_ERROR = "pipeline_error"
+
+
+class Decision(Model):
+    action: Action
+    reason: Reason | None = None
+    explanation: str = ""
+    confidence: float = 0.0
+    sources: tuple[Source, ...] = ()
+    reply: str = ""  # what the bot says to the customer; empty when it stays silent
+
+
+class Outbound(Model):
+    """A reply on its way to a customer."""
+
+    channel: str
+    conversation: str
+    text: str
+    in_reply_to: str | None = None  # Inbound.id
+    thread: str | None = None
+    author: str | None = None  # agent display name; None for the bot
+    role: str = "bot"
+    sources: tuple[Source, ...] = ()
+    extras: dict[str, Any] = Field(default_factory=dict)
+
+
+class Mode(StrEnum):
+    BOT = "bot"
+    WAITING = "waiting"
+    HUMAN = "human"
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    BOT = "bot"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class TranscriptEntry(Model):
+    role: Role
+    text: str
+    at: datetime = Field(default_factory=utcnow)
+    message_id: str | None = None  # the customer's Inbound.id
+    in_reply_to: str | None = None  # for replies: the Inbound.id answered
+    author: str | None = None
+    sources: tuple[Source, ...] = ()
+
+
+class Conversation(BaseModel):
+    """Mutable state of one conversation; the transcript is stored beside it, append-only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    channel: str
+    mode: Mode = Mode.BOT
+    customer: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    failed_turns: int = 0
+
+
+class TurnResult(Model):
+    """What one processed message produced; request/response channels answer with it."""
+
+    message_id: str
+    conversation: str
+    replies: tuple[str, ...]
+    decision: Decision
+    latency_ms: float
+    duplicate: bool = False

@@ -1,0 +1,27 @@
+"""Prometheus metrics: what operators graph and alert on."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from gateway.message import TurnResult
+
+MESSAGES = Counter("gateway_messages_total", "Messages processed", ["channel"])
+DUPLICATES = Counter("gateway_duplicates_total", "Redelivered messages skipped", ["channel"])
+DECISIONS = Counter("gateway_decisions_total", "Decisions taken", ["action", "reason"])
+ERRORS = Counter("gateway_errors_total", "Errors by pipeline stage", ["stage"])
+LATENCY = Histogram(
+    "gateway_turn_latency_seconds",
+    "From receipt of a message to its reply being sent",
+    ["channel"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+
+
+def observe_turn(channel: str, result: TurnResult) -> None:
+    if result.duplicate:
+        DUPLICATES.labels(channel).inc()
+        return
+    MESSAGES.labels(channel).inc()
+    DECISIONS.labels(result.decision.action.value, result.decision.reason or "none").inc()
+    LATENCY.labels(channel).observe(result.latency_ms / 1000)

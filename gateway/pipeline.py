@@ -1,0 +1,198 @@
+"""The pipeline: what happens to one customer message, top to bottom.
+
+The bus calls `handle` one message at a time per conversation, in arrival order, so the
+dedupe check and every state change below are free of races within a conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import structlog
+
+from adapters.base import Adapter
+from adapters.split import split_text
+from brain.answerer import Answerer
+from gateway import metrics
+from gateway.config import BrainMessages
+from gateway.message import (
+    Action,
+    Conversation,
+    Decision,
+    Inbound,
+    Mode,
+    Outbound,
+    Reason,
+    Role,
+    TranscriptEntry,
+    TurnResult,
+)
+from gateway.results import TurnResults
+from gateway.store import Store
+
+log = structlog.get_logger(__name__)
+
+HISTORY_TURNS = 20
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        answerer: Answerer,
+        adapters: Mapping[str, Adapter],
+        results: TurnResults,
+        messages: BrainMessages,
+    ) -> None:
+        self._store = store
+        self._answerer = answerer
+        self._adapters = adapters
+        self._results = results
+        self._messages = messages
+
+    async def handle(self, message: Inbound) -> TurnResult:
+        structlog.contextvars.bind_contextvars(
+            conversation=message.conversation, message=message.id
+        )
+        try:
+            result = await self._process(message)
+        finally:
+            structlog.contextvars.unbind_contextvars("conversation", "message")
+        metrics.observe_turn(message.channel, result)
+        await self._results.publish(result)
+        return result
+
+    async def _process(self, message: Inbound) -> TurnResult:
+        # 1. Dedupe: a provider's redelivery of a message already answered gets nothing.
+        if await self._store.is_processed(message.dedupe_key):
+            log.info("pipeline.duplicate", provider_message_id=message.provider_message_id)
+            return _result(message, Decision(action=Action.ANSWER), (), duplicate=True)
+
+        # 2. State and transcript. A message a dead worker left half-done is already recorded
+        #    (it is necessarily the conversation's latest), so it is not recorded twice.
+        conversation = await self._store.load(message.conversation) or Conversation(
+            key=message.conversation, channel=message.channel, customer=message.sender
+        )
+        history = await self._store.transcript(message.conversation, last=HISTORY_TURNS)
+        if not any(entry.message_id == message.id for entry in history):
+            await self._store.append(
+                message.conversation,
+                TranscriptEntry(role=Role.CUSTOMER, text=message.content, message_id=message.id),
+            )
+        already_answered = any(entry.in_reply_to == message.id for entry in history)
+
+        # 3. Decide: the bot answers only while no person owns the conversation.
+        if conversation.mode is not Mode.BOT:
+            decision = Decision(
+                action=Action.HUMAN,
+                reason=Reason.HUMAN_ACTIVE,
+                explanation=f"The conversation is {conversation.mode.value}; the bot stays silent.",
+            )
+        else:
+            await self._typing(message)
+            decision = await self._decide(message, conversation, history)
+
+        # 4. Send, unless a previous attempt at this message already did.
+        replies = () if already_answered else await self._send(message, decision)
+
+        # 5. Record the outcome, then mark the message done.
+        conversation.failed_turns = (
+            conversation.failed_turns + 1 if decision.action is Action.ESCALATE else 0
+        )
+        conversation.updated_at = datetime.now(UTC)
+        await self._store.save(conversation)
+        await self._store.mark_processed(message.dedupe_key)
+        log.info(
+            "pipeline.turn",
+            action=decision.action.value,
+            reason=decision.reason,
+            confidence=round(decision.confidence, 3),
+        )
+        return _result(message, decision, replies)
+
+    async def _decide(
+        self, message: Inbound, conversation: Conversation, history: list[TranscriptEntry]
+    ) -> Decision:
+        try:
+            decision = await self._answerer.decide(message, conversation, history)
+        except Exception:
+            log.exception("pipeline.answerer_failed")
+            metrics.ERRORS.labels("answer").inc()
+            return Decision(
+                action=Action.ESCALATE,
+                reason=Reason.PIPELINE_ERROR,
+                explanation="The answerer failed; see the logs.",
+                reply=self._messages.error,
+            )
+        if decision.action is Action.ESCALATE and not decision.reply:
+            # No agent console is connected yet (the Slack hand-off), so an escalation tells
+            # the customer where a person can be reached instead of promising one.
+            decision = decision.model_copy(update={"reply": self._messages.no_agents})
+        return decision
+
+    async def _send(self, message: Inbound, decision: Decision) -> tuple[str, ...]:
+        if not decision.reply:
+            return ()
+        adapter = self._adapters.get(message.channel)
+        if adapter is None:
+            log.error("pipeline.no_adapter", channel=message.channel)
+            metrics.ERRORS.labels("send").inc()
+            return ()
+        parts = tuple(split_text(decision.reply, adapter.capabilities.text_limit))
+        try:
+            for part in parts:
+                await adapter.send(
+                    Outbound(
+                        channel=message.channel,
+                        conversation=message.conversation,
+                        text=part,
+                        in_reply_to=message.id,
+                        thread=message.thread,
+                        sources=decision.sources,
+                        extras=message.extras,
+                    )
+                )
+        except Exception as exc:
+            log.exception("pipeline.send_failed")
+            metrics.ERRORS.labels("send").inc()
+            await self._store.append(
+                message.conversation,
+                TranscriptEntry(
+                    role=Role.SYSTEM,
+                    text=f"Delivery to the customer failed: {type(exc).__name__}",
+                    in_reply_to=message.id,
+                ),
+            )
+            return ()
+        await self._store.append(
+            message.conversation,
+            TranscriptEntry(
+                role=Role.BOT, text=decision.reply, in_reply_to=message.id, sources=decision.sources
+            ),
+        )
+        return parts
+
+    async def _typing(self, message: Inbound) -> None:
+        adapter = self._adapters.get(message.channel)
+        if adapter is None or not adapter.capabilities.typing:
+            return
+        try:
+            await adapter.typing(message.conversation)
+        except Exception:
+            log.warning("pipeline.typing_failed", exc_info=True)
+
+
+def _result(
+    message: Inbound, decision: Decision, replies: tuple[str, ...], *, duplicate: bool = False
+) -> TurnResult:
+    elapsed = (datetime.now(UTC) - message.received_at).total_seconds() * 1000
+    return TurnResult(
+        message_id=message.id,
+        conversation=message.conversation,
+        replies=replies,
+        decision=decision,
+        latency_ms=round(max(elapsed, 0.0), 2),
+        duplicate=duplicate,
+    )

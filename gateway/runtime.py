@@ -1,0 +1,122 @@
+"""Assembles the gateway from its config: one code path, embedded or Redis-backed parts.
+
+No `redis_url`: in-process bus and memory store. With it: Redis Streams and the Redis store.
+Chroma runs embedded under `data_dir` unless `knowledge.chroma_url` points at a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import structlog
+from brain.knowledge import KnowledgeBase
+
+import adapters  # noqa: F401  (registers every channel)
+from adapters.base import REGISTRY, Adapter
+from brain.offline import OfflineAnswerer
+from gateway.bus import Bus
+from gateway.bus.memory import MemoryBus
+from gateway.bus.redis import RedisBus
+from gateway.config import GatewayConfig
+from gateway.pipeline import Pipeline
+from gateway.redis_client import connect_redis
+from gateway.results import TurnResults
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    bus: Bus
+    store: Store
+    knowledge: KnowledgeBase
+    results: TurnResults
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    pipeline: Pipeline = field(init=False)
+
+    def __post_init__(self) -> None:
+        channels = self.config.channels
+        enabled = [name for name in REGISTRY if getattr(channels, name).enabled]
+        self.adapters = {name: REGISTRY[name](self) for name in enabled}
+        self.pipeline = Pipeline(
+            store=self.store,
+            answerer=OfflineAnswerer(self.knowledge, self.config.brain),
+            adapters=self.adapters,
+            results=self.results,
+            messages=self.config.brain.messages,
+        )
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: GatewayConfig, *, embedded: bool = False) -> AsyncIterator[Runtime]:
+        """Open every backend; `embedded` forces the in-process bus and store (`gateway ask`)."""
+        redis = None if embedded or not config.redis_url else connect_redis(config.redis_url)
+        pipeline_config = config.pipeline
+        bus: Bus
+        store: Store
+        if redis is None:
+            bus = MemoryBus(max_concurrency=pipeline_config.max_concurrency)
+            store = MemoryStore(
+                dedupe_ttl=pipeline_config.dedupe_ttl,
+                conversation_ttl=pipeline_config.conversation_ttl,
+            )
+        else:
+            bus = RedisBus(
+                redis,
+                max_concurrency=pipeline_config.max_concurrency,
+                claim_idle=pipeline_config.claim_idle,
+                conversation_ttl=pipeline_config.conversation_ttl,
+            )
+            store = RedisStore(
+                redis,
+                dedupe_ttl=pipeline_config.dedupe_ttl,
+                conversation_ttl=pipeline_config.conversation_ttl,
+            )
+        runtime = cls(
+            config=config,
+            bus=bus,
+            store=store,
+            knowledge=open_knowledge(config),
+            results=TurnResults(bus),
+        )
+        try:
+            yield runtime
+        finally:
+            await bus.close()
+            await store.close()
+            if redis is not None:
+                await redis.aclose()
+
+    async def ingest_if_stale(self) -> None:
+        """Ingest `knowledge.sources` when the collection is empty or out of date."""
+        sources = self.config.knowledge.sources
+        if not sources or not self.config.knowledge.auto_ingest:
+            return
+        if not await asyncio.to_thread(self.knowledge.is_stale, sources):
+            return
+        log.info("knowledge.ingesting", sources=sources)
+        report = await asyncio.to_thread(self.knowledge.ingest, sources)
+        log.info(
+            "knowledge.ingested",
+            added=report.added,
+            updated=report.updated,
+            removed=report.removed,
+            unchanged=report.unchanged,
+            chunks=report.chunks,
+            seconds=round(report.seconds, 2),
+        )
+
+
+def open_knowledge(config: GatewayConfig) -> KnowledgeBase:
+    return KnowledgeBase(
+        config.data_dir,
+        chroma_url=config.knowledge.chroma_url,
+        collection=config.knowledge.collection,
+    )

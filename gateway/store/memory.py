@@ -1,0 +1,75 @@
+"""The embedded store: one process, nothing to run; idle conversations and dedupe marks expire."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from gateway.message import Conversation, TranscriptEntry
+
+
+@dataclass(slots=True)
+class _Record:
+    conversation: Conversation | None = None
+    transcript: list[TranscriptEntry] = field(default_factory=list)
+    touched: float = 0.0
+
+
+class MemoryStore:
+    def __init__(self, *, dedupe_ttl: float, conversation_ttl: float) -> None:
+        self._dedupe_ttl = dedupe_ttl
+        self._conversation_ttl = conversation_ttl
+        # Both maps are kept in expiry order (every write moves its key to the end),
+        # so purging expired entries only ever looks at the front.
+        self._processed: OrderedDict[str, float] = OrderedDict()
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    async def is_processed(self, dedupe_key: str) -> bool:
+        self._purge()
+        return dedupe_key in self._processed
+
+    async def mark_processed(self, dedupe_key: str) -> None:
+        self._processed[dedupe_key] = time.monotonic() + self._dedupe_ttl
+        self._processed.move_to_end(dedupe_key)
+
+    async def load(self, key: str) -> Conversation | None:
+        self._purge()
+        record = self._records.get(key)
+        return record.conversation if record else None
+
+    async def save(self, conversation: Conversation) -> None:
+        self._touch(conversation.key).conversation = conversation.model_copy()
+
+    async def append(self, key: str, entry: TranscriptEntry) -> None:
+        self._touch(key).transcript.append(entry)
+
+    async def transcript(self, key: str, last: int | None = None) -> list[TranscriptEntry]:
+        record = self._records.get(key)
+        if record is None:
+            return []
+        return record.transcript[-last:] if last else list(record.transcript)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _touch(self, key: str) -> _Record:
+        record = self._records.get(key) or _Record()
+        record.touched = time.monotonic()
+        self._records[key] = record
+        self._records.move_to_end(key)
+        return record
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        while self._processed and next(iter(self._processed.values())) < now:
+            self._processed.popitem(last=False)
+        horizon = now - self._conversation_ttl
+        while self._records and next(iter(self._records.values())).touched < horizon:
+            self._records.popitem(last=False)

@@ -1,0 +1,57 @@
+"""Redis store: conversation state as JSON, the transcript as a list, dedupe marks with a TTL.
+
+Every key of a conversation gets its TTL refreshed on each write, so idle conversations expire
+together and nothing accumulates.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from gateway.message import Conversation, TranscriptEntry
+
+PREFIX = "gw"
+
+
+class RedisStore:
+    def __init__(self, redis: Redis, *, dedupe_ttl: float, conversation_ttl: float) -> None:
+        self._redis = redis
+        self._dedupe_ttl = int(dedupe_ttl)
+        self._conversation_ttl = int(conversation_ttl)
+
+    async def is_processed(self, dedupe_key: str) -> bool:
+        return bool(await self._redis.exists(f"{PREFIX}:processed:{dedupe_key}"))
+
+    async def mark_processed(self, dedupe_key: str) -> None:
+        await self._redis.set(f"{PREFIX}:processed:{dedupe_key}", 1, ex=self._dedupe_ttl)
+
+    async def load(self, key: str) -> Conversation | None:
+        raw = await self._redis.get(f"{PREFIX}:conversation:{key}")
+        return Conversation.model_validate_json(raw) if raw else None
+
+    async def save(self, conversation: Conversation) -> None:
+        await self._redis.set(
+            f"{PREFIX}:conversation:{conversation.key}",
+            conversation.model_dump_json(),
+            ex=self._conversation_ttl,
+        )
+        await self._redis.expire(f"{PREFIX}:transcript:{conversation.key}", self._conversation_ttl)
+
+    async def append(self, key: str, entry: TranscriptEntry) -> None:
+        transcript_key = f"{PREFIX}:transcript:{key}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(transcript_key, entry.model_dump_json())
+            pipe.expire(transcript_key, self._conversation_ttl)
+            pipe.expire(f"{PREFIX}:conversation:{key}", self._conversation_ttl)
+            await pipe.execute()
+
+    async def transcript(self, key: str, last: int | None = None) -> list[TranscriptEntry]:
+        start = -last if last else 0
+        raw = await self._redis.lrange(f"{PREFIX}:transcript:{key}", start, -1)
+        return [TranscriptEntry.model_validate_json(item) for item in raw]
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        return None  # the connection pool belongs to the runtime that opened it
