@@ -1,0 +1,68 @@
+"""One contract, two stores: memory and Redis keep state, transcripts and dedupe marks alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.message import Conversation, Mode, Role, TranscriptEntry
+from gateway.redis_client import connect_redis
+from gateway.store import Store
+from tests.backends import BACKENDS, make_store
+
+
+@pytest.fixture(params=BACKENDS)
+async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator:
+    if request.param == "memory":
+        yield lambda **options: make_store("memory", None, **options)
+        return
+    client = connect_redis(request.getfixturevalue("redis_url"))
+    await client.flushdb()
+    yield lambda **options: make_store("redis", client, **options)
+    await client.aclose()
+
+
+async def test_a_new_message_id_is_not_processed_until_marked(store_factory) -> None:
+    store: Store = store_factory()
+    assert not await store.is_processed("telegram:1")
+    await store.mark_processed("telegram:1")
+    assert await store.is_processed("telegram:1")
+    assert not await store.is_processed("telegram:2")
+
+
+async def test_dedupe_marks_expire_after_their_ttl(store_factory) -> None:
+    store: Store = store_factory(dedupe_ttl=1)
+    await store.mark_processed("slack:Ev1")
+    await asyncio.sleep(1.2)
+    assert not await store.is_processed("slack:Ev1")
+
+
+async def test_conversation_state_round_trips(store_factory) -> None:
+    store: Store = store_factory()
+    assert await store.load("rest:alice") is None
+    conversation = Conversation(key="rest:alice", channel="rest", customer="alice")
+    conversation.mode = Mode.WAITING
+    await store.save(conversation)
+    loaded = await store.load("rest:alice")
+    assert loaded is not None
+    assert loaded.mode is Mode.WAITING and loaded.customer == "alice"
+
+
+async def test_transcript_is_append_only_and_ordered(store_factory) -> None:
+    store: Store = store_factory()
+    for n in range(5):
+        await store.append("rest:bob", TranscriptEntry(role=Role.CUSTOMER, text=f"m{n}"))
+    assert [entry.text for entry in await store.transcript("rest:bob")] == [
+        f"m{n}" for n in range(5)
+    ]
+    assert [entry.text for entry in await store.transcript("rest:bob", last=2)] == ["m3", "m4"]
+
+
+async def test_two_customers_never_share_a_transcript(store_factory) -> None:
+    store: Store = store_factory()
+    await store.append("rest:alice", TranscriptEntry(role=Role.CUSTOMER, text="alice's secret"))
+    await store.append("rest:bob", TranscriptEntry(role=Role.CUSTOMER, text="bob's question"))
+    assert [entry.text for entry in await store.transcript("rest:bob")] == ["bob's question"]
+    assert await store.transcript("rest:carol") == []
