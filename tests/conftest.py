@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from gateway.config import GatewayConfig
 from gateway.redis_client import connect_redis
+from gateway.runtime import Runtime
+from gateway.server import build_app
 
 TESTS = Path(__file__).parent
-FIXTURE_KB = TESTS / "fixtures" / "kb"
+SAMPLE_KB = TESTS.parent / "config" / "knowledge"
 
 
 def free_port() -> int:
@@ -78,10 +84,46 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-def knowledge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir with the fixture knowledge base ingested once for the session."""
+def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with the sample help centre (config/knowledge) ingested once per session."""
     from brain.knowledge import KnowledgeBase
 
     data_dir = tmp_path_factory.mktemp("data")
-    KnowledgeBase(data_dir).ingest([FIXTURE_KB])
+    KnowledgeBase(data_dir).ingest([SAMPLE_KB])
     return data_dir
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def gateway(
+    request: pytest.FixtureRequest, sample_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
+    """The whole gateway (web and worker roles) on one backend, behind a real HTTP server."""
+    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
+    redis_url = None
+    if request.param == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+        client = connect_redis(redis_url)
+        await client.flushdb()
+        await client.aclose()
+    config = GatewayConfig(data_dir=sample_data_dir, redis_url=redis_url)
+    async with Runtime.open(config) as runtime:
+        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
+        async with TestClient(TestServer(build_app(runtime))) as client:
+            yield Gateway(runtime, client)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+
+
+@dataclass
+class Gateway:
+    runtime: Runtime
+    http: TestClient
+
+    async def ask(self, conversation_id: str, text: str, **headers: str) -> dict:
+        response = await self.http.post(
+            "/api/messages",
+            json={"conversation_id": conversation_id, "text": text},
+            headers=headers,
+        )
+        assert response.status == 200, await response.text()
+        return await response.json()

@@ -1,0 +1,79 @@
+"""The web chat: the page, and a conversation over its websocket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse
+
+from tests.conftest import Gateway
+
+
+async def receive_until(socket: ClientWebSocketResponse, kind: str) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = await socket.receive_json(timeout=20)
+        frames.append(frame)
+        if frame["type"] == kind:
+            return frames
+
+
+async def test_the_page_is_served_with_the_configured_title(gateway: Gateway) -> None:
+    response = await gateway.http.get("/")
+    assert response.status == 200 and response.content_type == "text/html"
+    page = await response.text()
+    assert 'content="Support"' in page and "{{title}}" not in page
+
+
+async def test_a_conversation_over_the_websocket(gateway: Gateway) -> None:
+    async with gateway.http.ws_connect("/webchat/ws") as socket:
+        hello = await socket.receive_json(timeout=5)
+        assert hello["type"] == "hello" and hello["history"] == []
+        conversation_id = hello["conversation_id"]
+        assert len(conversation_id) == 32
+
+        await socket.send_json(
+            {"type": "message", "text": "How long does shipping to Canada take?", "client_id": "c1"}
+        )
+        frames = await receive_until(socket, "reply")
+        kinds = [frame["type"] for frame in frames]
+        assert kinds[0] == "ack" and "typing" in kinds
+        reply = frames[-1]
+        assert reply["role"] == "bot" and reply["text"]
+        assert reply["sources"][0]["source"] == "shipping-times-and-costs.md"
+
+    # Reconnecting with the id restores the conversation.
+    async with gateway.http.ws_connect(f"/webchat/ws?conversation={conversation_id}") as socket:
+        hello = await socket.receive_json(timeout=5)
+        assert hello["conversation_id"] == conversation_id
+        assert [item["role"] for item in hello["history"]] == ["customer", "bot"]
+
+
+async def test_a_resent_message_is_answered_once(gateway: Gateway) -> None:
+    async with gateway.http.ws_connect("/webchat/ws") as socket:
+        conversation_id = (await socket.receive_json(timeout=5))["conversation_id"]
+        frame = {"type": "message", "text": "Do you ship to the UK?", "client_id": "same"}
+        await socket.send_json(frame)
+        await receive_until(socket, "reply")
+        await socket.send_json(frame)  # the browser resends after a dropped ack
+        # Messages of a conversation are processed in order, so once this one is answered
+        # the resend before it has certainly been handled.
+        await socket.send_json({"type": "message", "text": "Thanks!", "client_id": "next"})
+        await receive_until(socket, "reply")
+    transcript = await gateway.runtime.store.transcript(f"webchat:{conversation_id}")
+    roles = [entry.role.value for entry in transcript]
+    assert roles == ["customer", "bot", "customer", "bot"]
+    assert transcript[2].text == "Thanks!"
+
+
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(gateway: Gateway) -> None:
+    async with gateway.http.ws_connect("/webchat/ws?conversation=not-a-valid-id") as socket:
+        hello = await socket.receive_json(timeout=5)
+        assert hello["conversation_id"] != "not-a-valid-id"  # guessable ids are replaced
+        await socket.send_str("not json")
+        assert (await socket.receive_json(timeout=5))["message"] == "frames must be JSON"
+        await socket.send_json({"type": "message", "text": "  ", "client_id": "x"})
+        assert (await socket.receive_json(timeout=5))["message"] == "the message is empty"
+        await socket.send_json({"type": "message", "text": "z" * 5000, "client_id": "y"})
+        assert "limit is 4000" in (await socket.receive_json(timeout=5))["message"]
+        assert not socket.closed
