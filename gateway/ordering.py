@@ -3,7 +3,9 @@
 Each active conversation gets a mailbox and one runner task that drains it; the mailbox is
 dropped the moment it is empty, so nothing accumulates as conversations come and go (no
 per-conversation lock objects that outlive their use, no polling). A global slot count caps
-how many conversations run at once, and a pending cap gives the bus back-pressure.
+how many conversations run at once. For back-pressure the bus waits for `room()` before it reads
+more messages; `submit` itself never waits, because a message may be the one that every queued
+message of its conversation is waiting for (a dead worker's message, claimed back).
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ class ConversationDispatcher(Generic[T]):
         self._skip = skip
         self._gate = gate
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._pending = asyncio.Semaphore(max_pending or max_concurrency * 16)
+        self._max_pending = max_pending or max_concurrency * 16
+        self._pending = 0
+        self._has_room = asyncio.Event()
+        self._has_room.set()
         self._mailboxes: dict[str, _Mailbox[T]] = {}
         self._runners: set[asyncio.Task[None]] = set()
 
@@ -73,9 +78,15 @@ class ConversationDispatcher(Generic[T]):
     def active_conversations(self) -> int:
         return len(self._mailboxes)
 
-    async def submit(self, key: str, seq: int, item: T) -> None:
-        """Queue `item`; waits only when too many messages are pending (back-pressure)."""
-        await self._pending.acquire()
+    async def room(self) -> None:
+        """Wait until fewer than `max_pending` messages are queued or in flight."""
+        await self._has_room.wait()
+
+    def submit(self, key: str, seq: int, item: T) -> None:
+        """Queue `item` behind the conversation's earlier messages (lower `seq`)."""
+        self._pending += 1
+        if self._pending >= self._max_pending:
+            self._has_room.clear()
         mailbox = self._mailboxes.get(key)
         if mailbox is None:
             mailbox = self._mailboxes[key] = _Mailbox()
@@ -117,7 +128,9 @@ class ConversationDispatcher(Generic[T]):
                     async with self._slots:
                         await self._process(turn, head.item)
                 finally:
-                    self._pending.release()
+                    self._pending -= 1
+                    if self._pending < self._max_pending:
+                        self._has_room.set()
         finally:
             # No await between the empty check above and this deletion, so a concurrent
             # submit either found this mailbox non-empty or creates a fresh one.

@@ -126,10 +126,11 @@ class Pipeline:
                 explanation="The answerer failed; see the logs.",
                 reply=self._messages.error,
             )
-        if decision.action is Action.ESCALATE and not decision.reply:
+        if decision.action is Action.ESCALATE and decision.reason is not Reason.PIPELINE_ERROR:
             # No agent console is connected yet (the Slack hand-off), so an escalation tells
             # the customer where a person can be reached instead of promising one.
-            decision = decision.model_copy(update={"reply": self._messages.no_agents})
+            reply = " ".join(filter(None, (decision.reply, self._messages.no_agents)))
+            decision = decision.model_copy(update={"reply": reply})
         return decision
 
     async def _send(self, message: Inbound, decision: Decision) -> tuple[str, ...]:

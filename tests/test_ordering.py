@@ -18,7 +18,7 @@ async def test_one_conversation_is_processed_in_arrival_order() -> None:
 
     dispatcher: ConversationDispatcher[int] = ConversationDispatcher(handler, max_concurrency=8)
     for seq in range(200):
-        await dispatcher.submit("c1", seq, seq)
+        dispatcher.submit("c1", seq, seq)
     await dispatcher.drain()
     assert seen == list(range(200))
 
@@ -37,7 +37,7 @@ async def test_conversations_run_in_parallel_under_the_cap() -> None:
     dispatcher: ConversationDispatcher[int] = ConversationDispatcher(handler, max_concurrency=50)
     started = time.perf_counter()
     for conversation in range(200):
-        await dispatcher.submit(f"c{conversation}", conversation, conversation)
+        dispatcher.submit(f"c{conversation}", conversation, conversation)
     await dispatcher.drain()
     elapsed = time.perf_counter() - started
     assert peak == 50  # the global cap holds, and is reached
@@ -51,7 +51,7 @@ async def test_no_mailbox_outlives_its_conversation() -> None:
 
     dispatcher: ConversationDispatcher[int] = ConversationDispatcher(handler, max_concurrency=4)
     for conversation in range(1000):
-        await dispatcher.submit(f"c{conversation}", 0, conversation)
+        dispatcher.submit(f"c{conversation}", 0, conversation)
     await dispatcher.drain()
     assert dispatcher.active_conversations == 0
 
@@ -66,12 +66,12 @@ async def test_a_failing_message_does_not_block_its_conversation() -> None:
 
     dispatcher: ConversationDispatcher[int] = ConversationDispatcher(handler, max_concurrency=2)
     for seq in range(3):
-        await dispatcher.submit("c1", seq, seq)
+        dispatcher.submit("c1", seq, seq)
     await dispatcher.drain()
     assert seen == [0, 2]
 
 
-async def test_submit_waits_when_too_many_messages_are_pending() -> None:
+async def test_room_waits_while_too_many_messages_are_pending() -> None:
     release = asyncio.Event()
 
     async def handler(_item: int) -> None:
@@ -81,10 +81,25 @@ async def test_submit_waits_when_too_many_messages_are_pending() -> None:
         handler, max_concurrency=1, max_pending=3
     )
     for seq in range(3):
-        await dispatcher.submit("c1", seq, seq)
-    blocked = asyncio.create_task(dispatcher.submit("c1", 3, 3))
+        dispatcher.submit("c1", seq, seq)
+    waiting = asyncio.create_task(dispatcher.room())
     await asyncio.sleep(0.05)
-    assert not blocked.done()
+    assert not waiting.done()
     release.set()
-    await blocked
+    await asyncio.wait_for(waiting, 1)
     await dispatcher.drain()
+
+
+async def test_a_late_earlier_message_jumps_ahead_of_later_ones() -> None:
+    """A dead worker's message, claimed back, goes before the later ones already queued."""
+    seen: list[int] = []
+
+    async def handler(item: int) -> None:
+        seen.append(item)
+
+    dispatcher: ConversationDispatcher[int] = ConversationDispatcher(handler, max_concurrency=1)
+    dispatcher.submit("c1", 5, 5)
+    dispatcher.submit("c1", 3, 3)
+    dispatcher.submit("c1", 4, 4)
+    await dispatcher.drain()
+    assert seen == [3, 4, 5]

@@ -32,7 +32,7 @@ async def test_asking_for_a_person_escalates_with_a_reason(gateway: Gateway) -> 
     assert body["decision"]["action"] == "escalate"
     assert body["decision"]["reason"] == "human_requested"
     # No agent console is connected yet, so the customer is told where a person can be reached.
-    assert "support@kettleandcrane.example" in body["replies"][0]["text"]
+    assert body["replies"][0]["text"] == gateway.runtime.config.brain.messages.no_agents
 
 
 async def test_a_question_outside_the_knowledge_base_escalates_as_low_confidence(

@@ -32,8 +32,9 @@ class MemoryBus:
         )
         try:
             while True:
+                await dispatcher.room()
                 message = await self._queue.get()
-                await dispatcher.submit(message.conversation, next(self._arrival), message)
+                dispatcher.submit(message.conversation, next(self._arrival), message)
         finally:
             await dispatcher.close()
 

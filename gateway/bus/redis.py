@@ -81,7 +81,6 @@ class RedisBus:
         consumer: str | None = None,
     ) -> None:
         self._redis = redis
-        self._max_concurrency = max_concurrency
         self._claim_idle_ms = int(claim_idle * 1000)
         self._ttl = int(conversation_ttl)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -89,7 +88,10 @@ class RedisBus:
         self._complete = redis.register_script(_COMPLETE)
         self._listeners: defaultdict[str, list[Listener]] = defaultdict(list)
         self._held: set[str] = set()  # entry ids this consumer holds, heart-beaten while held
-        self._dispatcher: ConversationDispatcher[_Entry] | None = None
+        self._handler: Handler | None = None
+        self._dispatcher: ConversationDispatcher[_Entry] = ConversationDispatcher(
+            self._handle, max_concurrency=max_concurrency, skip=self._ack, gate=self
+        )
         self._listener_task: asyncio.Task[None] | None = None
 
     # --- publishing ---------------------------------------------------------------------
@@ -111,27 +113,7 @@ class RedisBus:
     # --- consuming ----------------------------------------------------------------------
 
     async def consume(self, handler: Handler) -> None:
-        async def handle(entry: _Entry) -> None:
-            try:
-                if entry.message is None:
-                    log.error("bus.unreadable_entry", entry_id=entry.entry_id)
-                else:
-                    await handler(entry.message)
-            except RedisError as exc:
-                # Redis itself failed mid-message: leave the entry pending so that it is
-                # claimed again after `claim_idle` (by this worker or another).
-                log.warning("bus.handler_redis_error", entry_id=entry.entry_id, error=str(exc))
-                self._held.discard(entry.entry_id)
-                return
-            except Exception:
-                # Anything else is a bug the pipeline did not contain: retrying cannot help,
-                # and holding the entry would block the conversation forever.
-                log.exception("bus.handler_failed", entry_id=entry.entry_id)
-            await self._finish(entry)
-
-        self._dispatcher = ConversationDispatcher(
-            handle, max_concurrency=self._max_concurrency, skip=self._ack, gate=self
-        )
+        self._handler = handler
         if self._listener_task is None:
             self._listener_task = asyncio.create_task(self._listen(), name="bus:pubsub")
         await self._ensure_group()
@@ -147,6 +129,25 @@ class RedisBus:
             await asyncio.gather(*background, return_exceptions=True)
             await self._dispatcher.close()
 
+    async def _handle(self, entry: _Entry) -> None:
+        assert self._handler is not None
+        try:
+            if entry.message is None:
+                log.error("bus.unreadable_entry", entry_id=entry.entry_id)
+            else:
+                await self._handler(entry.message)
+        except RedisError as exc:
+            # Redis itself failed mid-message: leave the entry pending so that it is
+            # claimed again after `claim_idle` (by this worker or another).
+            log.warning("bus.handler_redis_error", entry_id=entry.entry_id, error=str(exc))
+            self._held.discard(entry.entry_id)
+            return
+        except Exception:
+            # Anything else is a bug the pipeline did not contain: retrying cannot help,
+            # and holding the entry would block the conversation forever.
+            log.exception("bus.handler_failed", entry_id=entry.entry_id)
+        await self._finish(entry)
+
     async def turn(self, key: str, seq: int) -> Turn:
         done = int(await self._redis.hget(_sequence_key(key), "done") or 0)
         if seq <= done:
@@ -154,7 +155,14 @@ class RedisBus:
         return Turn.READY if seq == done + 1 else Turn.WAIT
 
     async def _read_new(self) -> None:
+        this_task = asyncio.current_task()
         while True:
+            # A cancellation that lands while redis-py is mid-read can be absorbed by the
+            # client (seen with redis-py 8.1 during aiohttp shutdown); the blocking read
+            # returns at least once a second, so honour a pending cancellation here.
+            if this_task is not None and this_task.cancelling():
+                raise asyncio.CancelledError
+            await self._dispatcher.room()
             try:
                 response = await self._redis.xreadgroup(
                     GROUP, self.consumer, {STREAM: ">"}, count=READ_BATCH, block=1000
@@ -164,10 +172,9 @@ class RedisBus:
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             for _stream, entries in response or ():
-                await self._submit(entries)
+                self._submit(entries)
 
-    async def _submit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        assert self._dispatcher is not None
+    def _submit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for raw_id, fields in entries:
             if not fields:  # the entry was deleted after being claimed: nothing to do
                 continue
@@ -175,7 +182,7 @@ class RedisBus:
             if entry.entry_id in self._held:
                 continue
             self._held.add(entry.entry_id)
-            await self._dispatcher.submit(entry.conversation, entry.seq, entry)
+            self._dispatcher.submit(entry.conversation, entry.seq, entry)
 
     async def _finish(self, entry: _Entry) -> None:
         await self._complete(
@@ -215,7 +222,7 @@ class RedisBus:
                     )
                     if entries:
                         log.info("bus.reclaimed", count=len(entries))
-                        await self._submit(entries)
+                        self._submit(entries)
                     if start in (b"0-0", "0-0"):
                         break
             except RedisError as exc:
@@ -246,8 +253,7 @@ class RedisBus:
     def _on_event(self, event: dict[str, Any]) -> None:
         channel = event["channel"].decode()
         if channel == TURNS_CHANNEL:
-            if self._dispatcher is not None:
-                self._dispatcher.wake(event["data"].decode())
+            self._dispatcher.wake(event["data"].decode())
             return
         topic = channel.removeprefix(TOPIC_PREFIX)
         payload = orjson.loads(event["data"])

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import chromadb
+import pytest
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings
+
+from brain import knowledge
+from brain.embedder import MiniLMEmbedder
+from brain.knowledge import KnowledgeBase
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kb"
+INGESTED = {
+    "account/reset-password.md",
+    "billing.md",
+    "opening-hours.txt",
+    "returns.html",
+    "shipping.mdx",
+}
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    shutil.copytree(FIXTURES, folder)
+    return folder
+
+
+@pytest.fixture
+def kb(tmp_path: Path, embedder: MiniLMEmbedder) -> Iterator[KnowledgeBase]:
+    base = KnowledgeBase(tmp_path / "data", embedder=embedder)
+    yield base
+    base.close()
+
+
+@contextmanager
+def stored(data_dir: Path) -> Iterator[Collection]:
+    """The knowledge collection, opened directly with chromadb."""
+    settings = Settings(anonymized_telemetry=False)
+    with chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=settings) as client:
+        yield client.get_collection("knowledge")
+
+
+def stored_sources(data_dir: Path) -> set[str]:
+    with stored(data_dir) as collection:
+        metadatas = collection.get(include=["metadatas"])["metadatas"]
+    return {str(meta["source"]) for meta in metadatas}
+
+
+async def top(kb: KnowledgeBase, question: str) -> knowledge.Passage:
+    passages = await kb.search(question, k=3)
+    assert passages, question
+    return passages[0]
+
+
+async def test_ingested_folder_answers_questions_with_source_and_title(
+    kb: KnowledgeBase, docs: Path
+) -> None:
+    report = kb.ingest([docs])
+    assert (report.added, report.updated, report.removed, report.unchanged) == (5, 0, 0, 0)
+    assert report.chunks == kb.count() > 0
+
+    refund = await top(kb, "My grinder arrived broken, can I get a refund?")
+    assert (refund.source, refund.title) == ("returns.html", "Returns policy")
+    assert 0.3 < refund.score <= 1.0
+    payment = await top(kb, "Can I pay with PayPal?")
+    assert (payment.source, payment.title) == ("billing.md", "Billing and payments")
+    password = await top(kb, "I forgot my password")
+    assert (password.source, password.title) == ("account/reset-password.md", "Reset password")
+    delivery = await top(kb, "How long does delivery to Europe take?")
+    assert (delivery.source, delivery.title) == ("shipping.mdx", "Shipping and delivery")
+
+
+async def test_passages_are_ranked_by_score(kb: KnowledgeBase, docs: Path) -> None:
+    kb.ingest([docs])
+    passages = await kb.search("When is the support team available?", k=10)
+    assert passages[0].source == "opening-hours.txt"
+    assert len(passages) == kb.count()
+    scores = [passage.score for passage in passages]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= score <= 1.0 for score in scores)
+
+
+def test_hidden_files_and_licences_are_not_ingested(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    kb.ingest([docs])
+    assert stored_sources(tmp_path / "data") == INGESTED
+
+
+def test_metadata_names_root_source_title_heading_and_hash(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    kb.ingest([docs])
+    with stored(tmp_path / "data") as collection:
+        found = collection.get(where={"source": "returns.html"}, include=["metadatas"])
+    metadatas = found["metadatas"]
+    assert {meta["root"] for meta in metadatas} == {str(docs.resolve())}
+    assert {meta["title"] for meta in metadatas} == {"Returns policy"}
+    assert "Returns and refunds" in {meta["heading"] for meta in metadatas}
+    assert {len(str(meta["sha"])) for meta in metadatas} == {64}
+
+
+async def test_changed_file_is_reembedded_and_the_others_skipped(
+    kb: KnowledgeBase, docs: Path
+) -> None:
+    kb.ingest([docs])
+    billing = docs / "billing.md"
+    billing.write_text(billing.read_text() + "\n## Seashells\n\nWe now accept seashells too.\n")
+    assert kb.is_stale([docs])
+
+    report = kb.ingest([docs])
+    assert (report.added, report.updated, report.removed, report.unchanged) == (0, 1, 0, 4)
+    assert not kb.is_stale([docs])
+    passage = await top(kb, "Do you take seashells as payment?")
+    assert passage.source == "billing.md"
+    assert "seashells" in passage.text
+
+
+async def test_deleted_file_chunks_are_removed(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    kb.ingest([docs])
+    (docs / "returns.html").unlink()
+    assert kb.is_stale([docs])
+
+    report = kb.ingest([docs])
+    assert (report.removed, report.unchanged) == (1, 4)
+    assert stored_sources(tmp_path / "data") == INGESTED - {"returns.html"}
+    passages = await kb.search("My grinder arrived broken, can I get a refund?", k=10)
+    assert "returns.html" not in {passage.source for passage in passages}
+
+
+def test_unchanged_reingest_does_not_load_the_model(
+    docs: Path, tmp_path: Path, embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = KnowledgeBase(tmp_path / "data", embedder=embedder)
+    first.ingest([docs])
+    first.close()
+
+    def no_model() -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(knowledge, "MiniLMEmbedder", no_model)
+    second = KnowledgeBase(tmp_path / "data")
+    assert not second.is_stale([docs])
+    report = second.ingest([docs])
+    second.close()
+    assert (report.unchanged, report.chunks) == (5, 0)
+
+
+def test_a_file_with_missing_chunks_is_reingested(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    kb.ingest([docs])
+    with stored(tmp_path / "data") as collection:
+        ids = collection.get(where={"source": "returns.html"})["ids"]
+        collection.delete(ids=ids[:1])
+    assert kb.is_stale([docs])
+    report = kb.ingest([docs])
+    assert (report.updated, report.unchanged, report.chunks) == (1, 4, len(ids))
+
+
+async def test_empty_knowledge_base_is_stale_and_finds_nothing(
+    kb: KnowledgeBase, docs: Path
+) -> None:
+    assert kb.count() == 0
+    assert kb.is_stale([docs])
+    assert await kb.search("Can I pay with PayPal?") == []
+
+
+def test_progress_is_reported_once_per_file_in_order(kb: KnowledgeBase, docs: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    kb.ingest([docs], on_progress=lambda *call: calls.append(call))
+    assert calls == [(source, n, 5) for n, source in enumerate(sorted(INGESTED), start=1)]
+
+
+async def test_single_file_is_ingested_under_its_name(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    report = kb.ingest([str(docs / "account" / "reset-password.md")])
+    assert report.added == 1
+    assert stored_sources(tmp_path / "data") == {"reset-password.md"}
+    passage = await top(kb, "How do I reset my password?")
+    assert (passage.source, passage.title) == ("reset-password.md", "Reset password")
+
+
+def test_a_file_reached_through_two_paths_is_ingested_once(kb: KnowledgeBase, docs: Path) -> None:
+    report = kb.ingest([docs, docs / "billing.md"])
+    assert (report.added, report.unchanged) == (5, 0)
+    assert kb.count() == report.chunks
+
+
+def test_bad_paths_get_a_clear_error(kb: KnowledgeBase, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        kb.ingest([tmp_path / "missing"])
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG")
+    with pytest.raises(ValueError, match="not a knowledge file"):
+        kb.ingest([tmp_path / "logo.png"])
+
+
+async def test_empty_question_finds_nothing(kb: KnowledgeBase, docs: Path) -> None:
+    kb.ingest([docs])
+    assert await kb.search("   ") == []
+
+
+async def test_ping_succeeds_on_embedded_chroma(kb: KnowledgeBase) -> None:
+    await kb.ping()
+
+
+async def test_ping_raises_when_the_chroma_server_is_unreachable(tmp_path: Path) -> None:
+    base = KnowledgeBase(tmp_path, chroma_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionError, match="Chroma is unreachable"):
+        await base.ping()
+    base.close()
+
+
+# Chroma server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_url(tmp_path: Path) -> Iterator[str]:
+    """`chroma run` (the CLI that ships with chromadb) on a free loopback port."""
+    # The CLI sits beside the interpreter in a venv that is not activated (make test).
+    beside = Path(sys.executable).parent / "chroma"
+    binary = str(beside) if beside.is_file() else shutil.which("chroma")
+    if binary is None:
+        pytest.skip("the chroma CLI (installed with the chromadb package) was not found")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [binary, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_heartbeat(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def wait_for_heartbeat(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"chroma run exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("chroma run did not answer its heartbeat within 30 s")
+
+
+async def test_chroma_server_ingest_and_search(
+    chroma_url: str, docs: Path, tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    base = KnowledgeBase(tmp_path / "unused", chroma_url=chroma_url, embedder=embedder)
+    try:
+        await base.ping()
+        report = base.ingest([docs])
+        assert report.added == 5
+        assert base.count() == report.chunks
+        passage = await top(base, "Can I pay with PayPal?")
+        assert (passage.source, passage.title) == ("billing.md", "Billing and payments")
+        assert base.ingest([docs]).unchanged == 5
+    finally:
+        base.close()
+    assert not (tmp_path / "unused").exists()
