@@ -98,9 +98,18 @@ class WebchatAdapter(Adapter):
         self, socket: web.WebSocketResponse, key: str, conversation_id: str, data: str
     ) -> None:
         try:
-            text, client_id = _parse_frame(data, self.runtime.config.server.max_message_chars)
+            frame = json.loads(data)
+        except ValueError:
+            await socket.send_json({"type": "error", "message": "frames must be JSON"})
+            return
+        try:
+            text, client_id = _parse_frame(frame, self.runtime.config.server.max_message_chars)
         except ValueError as problem:
-            await socket.send_json({"type": "error", "message": str(problem)})
+            # The page marks the message it names as not delivered, instead of retrying it.
+            error = {"type": "error", "message": str(problem)}
+            if isinstance(frame, dict) and isinstance(frame.get("client_id"), str):
+                error["client_id"] = frame["client_id"]
+            await socket.send_json(error)
             return
         await self.runtime.bus.publish(
             Inbound(
@@ -121,11 +130,7 @@ class WebchatAdapter(Adapter):
                 task.add_done_callback(self._sending.discard)
 
 
-def _parse_frame(data: str, max_chars: int) -> tuple[str, str]:
-    try:
-        frame = json.loads(data)
-    except ValueError:
-        raise ValueError("frames must be JSON") from None
+def _parse_frame(frame: Any, max_chars: int) -> tuple[str, str]:
     if not isinstance(frame, dict) or frame.get("type") != "message":
         raise ValueError('expected {"type": "message", "text": ..., "client_id": ...}')
     text, client_id = frame.get("text"), frame.get("client_id")

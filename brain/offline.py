@@ -8,6 +8,8 @@ configured threshold, or when the customer asks for a person, it escalates inste
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from itertools import pairwise
 
 from brain.escalation import wants_human
 from brain.knowledge import KnowledgeBase, Passage
@@ -23,6 +25,7 @@ from gateway.message import (
 )
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*\[])")
 # Words that carry no topic; without this list "how do I" matches every how-to sentence.
 _STOPWORDS = frozenset(
@@ -83,27 +86,62 @@ class OfflineAnswerer:
         )
 
 
-def compose_answer(question: str, passages: list[Passage], max_sentences: int) -> str:
-    """The passage sentences that share most topic words with the question, in reading order."""
+def compose_answer(question: str, passages: list[Passage], max_units: int) -> str:
+    """The passage sentences, table rows and list items that share most topic words with the
+    question, in reading order. Table rows are spelled out with their column headers, so a
+    row read on its own still says which price is which."""
     terms = _terms(question)
-    candidates: list[tuple[float, int, str]] = []
+    candidates: list[tuple[float, int, _Unit]] = []
     for rank, passage in enumerate(passages):
-        for position, sentence in enumerate(_sentences(passage.text)):
-            overlap = len(terms & _terms(sentence))
-            # Earlier passages and earlier sentences win ties: they are the better matches
+        for position, unit in enumerate(_units(passage.text)):
+            overlap = len(terms & _terms(unit.text))
+            # Earlier passages and earlier units win ties: they are the better matches
             # and usually the ones that introduce the topic.
-            candidates.append(
-                (overlap - 0.5 * rank - 0.01 * position, rank * 1000 + position, sentence)
-            )
-    best = sorted(candidates, reverse=True)[:max_sentences]
-    chosen = [sentence for _, _, sentence in sorted(best, key=lambda c: c[1])]
-    return " ".join(chosen) if chosen else passages[0].text.strip()
+            score = overlap - 0.5 * rank - 0.01 * position
+            candidates.append((score, rank * 1000 + position, unit))
+    best = sorted(candidates, key=lambda c: c[0], reverse=True)[:max_units]
+    chosen = [unit for _, _, unit in sorted(best, key=lambda c: c[1])]
+    if not chosen:
+        return passages[0].text.strip()
+    answer = chosen[0].text
+    for previous, unit in pairwise(chosen):
+        answer += ("\n" if unit.line or previous.line else " ") + unit.text
+    return answer
 
 
-def _sentences(text: str) -> list[str]:
-    lines = (line.strip(" -*#>|\t") for line in text.splitlines())
-    flat = " ".join(line for line in lines if line)
-    return [s.strip() for s in _SENTENCE_END.split(flat) if len(s.strip()) > 2]
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    text: str
+    line: bool  # a table row or list item: shown on a line of its own
+
+
+def _units(text: str) -> list[_Unit]:
+    units: list[_Unit] = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
+        if len(lines) >= 2 and all(" | " in line for line in lines):
+            header = [cell.strip() for cell in lines[0].split("|")]
+            units.extend(_Unit(_spell_row(header, row), line=True) for row in lines[1:])
+            continue
+        prose: list[str] = []
+        for line in lines:
+            if _LIST_ITEM.match(line):
+                units.append(_Unit(_LIST_ITEM.sub("", line), line=True))
+            else:
+                prose.append(line.lstrip("#> "))
+        flat = " ".join(prose)
+        units.extend(
+            _Unit(sentence.strip(), line=False)
+            for sentence in _SENTENCE_END.split(flat)
+            if len(sentence.strip()) > 2
+        )
+    return units
+
+
+def _spell_row(header: list[str], row: str) -> str:
+    cells = [cell.strip() for cell in row.split("|")]
+    pairs = [f"{name}: {value}" for name, value in zip(header[1:], cells[1:], strict=False)]
+    return f"{cells[0]} — " + "; ".join(pairs) if pairs else cells[0]
 
 
 def _terms(text: str) -> set[str]:

@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import structlog
-from brain.knowledge import KnowledgeBase
 
 import adapters  # noqa: F401  (registers every channel)
 from adapters.base import REGISTRY, Adapter
+from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from gateway.bus import Bus
 from gateway.bus.memory import MemoryBus
@@ -91,6 +91,7 @@ class Runtime:
         finally:
             await bus.close()
             await store.close()
+            runtime.knowledge.close()
             if redis is not None:
                 await redis.aclose()
 

@@ -75,7 +75,11 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(gateway: Gatewa
         await socket.send_str("not json")
         assert (await socket.receive_json(timeout=5))["message"] == "frames must be JSON"
         await socket.send_json({"type": "message", "text": "  ", "client_id": "x"})
-        assert (await socket.receive_json(timeout=5))["message"] == "the message is empty"
+        assert await socket.receive_json(timeout=5) == {
+            "type": "error",
+            "message": "the message is empty",
+            "client_id": "x",
+        }
         await socket.send_json({"type": "message", "text": "z" * 5000, "client_id": "y"})
         assert "limit is 4000" in (await socket.receive_json(timeout=5))["message"]
         assert not socket.closed

@@ -1,0 +1,70 @@
+"""The offline answerer's extractive answers and its escalation cues."""
+
+from __future__ import annotations
+
+import pytest
+
+from brain.escalation import wants_human
+from brain.knowledge import Passage
+from brain.offline import compose_answer
+
+PRICES = Passage(
+    text=(
+        "All prices are per delivery.\n\n"
+        "Plan | US | UK\nSolo | $18 | £15\nDuo | $32 | £27\n\n"
+        "UK prices include VAT."
+    ),
+    source="pricing.md",
+    title="Pricing",
+    heading="Plans",
+    score=0.7,
+)
+
+
+def test_a_table_row_is_spelled_out_with_its_headers() -> None:
+    answer = compose_answer("How much is the Duo plan?", [PRICES], 1)
+    assert answer == "Duo — US: $32; UK: £27"
+
+
+def test_units_keep_reading_order_and_rows_get_their_own_line() -> None:
+    answer = compose_answer("Duo price UK VAT", [PRICES], 2)
+    assert answer == "Duo — US: $32; UK: £27\nUK prices include VAT."
+
+
+def test_list_items_lose_their_markers() -> None:
+    steps = Passage(
+        text="To reset:\n1. Open settings.\n2. Choose reset password.",
+        source="a.md",
+        title="Account",
+        heading="",
+        score=0.6,
+    )
+    assert compose_answer("reset password", [steps], 1) == "Choose reset password."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want to talk to a human",
+        "can I speak with someone from support?",
+        "Get me a real person please",
+        "agent",
+        "Ich möchte mit einem Mitarbeiter sprechen",
+        "Quiero hablar con una persona",
+        "Je voudrais parler à un conseiller",
+    ],
+)
+def test_requests_for_a_person_are_recognised(text: str) -> None:
+    assert wants_human(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How do I pause my subscription?",
+        "Is the agent of the courier DHL?",
+        "Who is the person on the bag?",
+    ],
+)
+def test_ordinary_questions_are_not_requests_for_a_person(text: str) -> None:
+    assert not wants_human(text)
