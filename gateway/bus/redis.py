@@ -38,6 +38,7 @@ TURNS_CHANNEL = "gw:turns"
 TOPIC_PREFIX = "gw:topic:"
 READ_BATCH = 64
 RETRY_SECONDS = 1.0
+LISTEN_POLL_SECONDS = 1.0
 
 _PUBLISH = """
 local seq = redis.call('HINCRBY', KEYS[2], 'next', 1)
@@ -52,6 +53,18 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return done
 """
+
+
+def _honour_cancellation() -> None:
+    """Raise if this task was asked to stop.
+
+    redis-py 8.1 can absorb a cancellation that lands mid-read (seen during aiohttp test
+    shutdown: the task stays "cancelling" and its loop goes on forever). Every loop below
+    returns to its top at least once a second, so checking here makes cancellation reliable.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _sequence_key(conversation: str) -> str:
@@ -155,13 +168,8 @@ class RedisBus:
         return Turn.READY if seq == done + 1 else Turn.WAIT
 
     async def _read_new(self) -> None:
-        this_task = asyncio.current_task()
         while True:
-            # A cancellation that lands while redis-py is mid-read can be absorbed by the
-            # client (seen with redis-py 8.1 during aiohttp shutdown); the blocking read
-            # returns at least once a second, so honour a pending cancellation here.
-            if this_task is not None and this_task.cancelling():
-                raise asyncio.CancelledError
+            _honour_cancellation()
             await self._dispatcher.room()
             try:
                 response = await self._redis.xreadgroup(
@@ -202,6 +210,7 @@ class RedisBus:
         """Keep the entries this worker holds from looking idle (and being claimed) while alive."""
         while True:
             await asyncio.sleep(self._claim_idle_ms / 3000)
+            _honour_cancellation()
             held = list(self._held)
             if not held:
                 continue
@@ -214,6 +223,7 @@ class RedisBus:
         """Take over entries a dead worker left pending."""
         while True:
             await asyncio.sleep(self._claim_idle_ms / 2000)
+            _honour_cancellation()
             try:
                 start = "0-0"
                 while True:
@@ -242,8 +252,11 @@ class RedisBus:
             try:
                 await pubsub.subscribe(TURNS_CHANNEL)
                 await pubsub.psubscribe(TOPIC_PREFIX + "*")
-                async for event in pubsub.listen():
-                    self._on_event(event)
+                while True:
+                    _honour_cancellation()
+                    event = await pubsub.get_message(timeout=LISTEN_POLL_SECONDS)
+                    if event is not None:
+                        self._on_event(event)
             except RedisError as exc:
                 log.warning("bus.pubsub_lost", error=str(exc))
                 await asyncio.sleep(RETRY_SECONDS)
