@@ -33,6 +33,10 @@ SKIPPED_STEMS = frozenset({"LICENSE", "LICENCE", "COPYING", "NOTICE"})
 Progress = Callable[[str, int, int], None]
 
 
+EMPTY_RECHECK_SECONDS = 5.0
+SEARCH_BATCH = 32
+
+
 @dataclass(frozen=True, slots=True)
 class Passage:
     """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1."""
@@ -121,6 +125,9 @@ class KnowledgeBase:
         self._embedder_lock = threading.Lock()
         self._client: Any = None
         self._collection: Any = None
+        self._empty_until = 0.0  # monotonic time until which the collection is known empty
+        self._queries: list[tuple[str, int, asyncio.Future[list[Passage]]]] = []
+        self._batcher: asyncio.Task[None] | None = None
 
     def ingest(
         self, paths: Sequence[str | Path], on_progress: Progress | None = None
@@ -135,6 +142,7 @@ class KnowledgeBase:
             self._sync(scope, report, writer)
         report.chunks = writer.finish()
         report.seconds = time.perf_counter() - started
+        self._empty_until = 0.0
         return report
 
     def is_stale(self, paths: Sequence[str | Path]) -> bool:
@@ -153,9 +161,37 @@ class KnowledgeBase:
         return self._chroma().count()
 
     async def search(self, query: str, k: int = 5) -> list[Passage]:
-        if not query.strip() or k <= 0:
+        """The `k` passages closest to `query`, best first.
+
+        Concurrent searches are embedded together: one forward pass reads the model's weights
+        once for the whole batch, which is what a query's embedding costs on a CPU. Queries
+        that arrive while a batch runs form the next batch, so none waits for company.
+        """
+        if not query.strip() or k <= 0 or time.monotonic() < self._empty_until:
             return []
-        return await asyncio.to_thread(self._search, query, k)
+        answer: asyncio.Future[list[Passage]] = asyncio.get_running_loop().create_future()
+        self._queries.append((query, k, answer))
+        batcher = self._batcher
+        if batcher is None or batcher.done() or batcher.get_loop() is not answer.get_loop():
+            self._batcher = asyncio.create_task(self._run_batches(), name="knowledge:search")
+        return await answer
+
+    async def _run_batches(self) -> None:
+        while self._queries:
+            batch = self._queries[:SEARCH_BATCH]
+            del self._queries[:SEARCH_BATCH]
+            try:
+                found = await asyncio.to_thread(
+                    self._search, [query for query, _, _ in batch], max(k for _, k, _ in batch)
+                )
+            except Exception as error:
+                for _, _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(error)
+                continue
+            for (_, k, answer), passages in zip(batch, found, strict=True):
+                if not answer.done():
+                    answer.set_result(passages[:k])
 
     async def ping(self) -> None:
         """Raises ConnectionError when Chroma cannot be reached (for a readiness probe)."""
@@ -169,21 +205,32 @@ class KnowledgeBase:
                 _close_http_sessions(self._client)
             self._client = self._collection = None
 
-    def _search(self, query: str, k: int) -> list[Passage]:
-        vector = self._embed([query])
-        result = self._chroma().query(
-            query_embeddings=vector, n_results=k, include=["documents", "metadatas", "distances"]
+    def _search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        collection = self._chroma()
+        if collection.count() == 0:
+            # Nothing to search: skip the embedding (~10 ms of CPU per query), and the thread
+            # hop for a while; re-checked after EMPTY_RECHECK_SECONDS in case another process
+            # ingested (a shared Chroma server).
+            self._empty_until = time.monotonic() + EMPTY_RECHECK_SECONDS
+            return [[] for _ in queries]
+        result = collection.query(
+            query_embeddings=self._embed(queries),
+            n_results=k,
+            include=["documents", "metadatas", "distances"],
         )
         return [
-            Passage(
-                text=text,
-                source=str(meta["source"]),
-                title=str(meta["title"]),
-                heading=str(meta["heading"]),
-                score=min(1.0, max(0.0, 1.0 - distance)),
-            )
-            for text, meta, distance in zip(
-                result["documents"][0], result["metadatas"][0], result["distances"][0], strict=True
+            [
+                Passage(
+                    text=text,
+                    source=str(meta["source"]),
+                    title=str(meta["title"]),
+                    heading=str(meta["heading"]),
+                    score=min(1.0, max(0.0, 1.0 - distance)),
+                )
+                for text, meta, distance in zip(texts, metas, distances, strict=True)
+            ]
+            for texts, metas, distances in zip(
+                result["documents"], result["metadatas"], result["distances"], strict=True
             )
         ]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -289,3 +290,33 @@ async def test_chroma_server_ingest_and_search(
     finally:
         base.close()
     assert not (tmp_path / "unused").exists()
+
+
+async def test_an_empty_knowledge_base_answers_without_loading_the_model(tmp_path: Path) -> None:
+    knowledge = KnowledgeBase(tmp_path)
+    assert await knowledge.search("anything at all?") == []
+    assert knowledge._embedder is None  # the model was never loaded
+    knowledge.close()
+
+
+async def test_concurrent_searches_share_a_batch_and_each_gets_its_own_answer(
+    kb: KnowledgeBase, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb.ingest([docs])
+    batches: list[int] = []
+    embed = kb._embed
+
+    def counting_embed(texts: list[str]):  # type: ignore[no-untyped-def]
+        batches.append(len(texts))
+        return embed(texts)
+
+    monkeypatch.setattr(kb, "_embed", counting_embed)
+    questions = {
+        "Can I pay with PayPal?": "billing.md",
+        "I forgot my password": "account/reset-password.md",
+        "How long does delivery to Europe take?": "shipping.mdx",
+    }
+    answers = await asyncio.gather(*(kb.search(q, k=1) for q in questions for _ in range(10)))
+    expected = [source for source in questions.values() for _ in range(10)]
+    assert [passages[0].source for passages in answers] == expected
+    assert len(batches) < 30 and sum(batches) == 30  # fewer forward passes than queries
