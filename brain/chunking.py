@@ -8,7 +8,7 @@ and a tiny one is merged into the next.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,26 +348,22 @@ def _merge(first: Chunk, second: Chunk) -> Chunk:
 
 def _pack(blocks: list[str], max_chars: int) -> Iterator[str]:
     """Join blocks greedily up to max_chars; a longer block is split between lines."""
-    current = ""
-    for block in blocks:
-        for part in _split_long(block, max_chars):
-            if current and len(current) + 2 + len(part) > max_chars:
-                yield current
-                current = part
-            else:
-                current = f"{current}\n\n{part}" if current else part
-    if current:
-        yield current
+    parts = (
+        part
+        for block in blocks
+        for part in _greedy_join(_wrap(block.split("\n"), max_chars), max_chars, "\n")
+    )
+    return _greedy_join(parts, max_chars, "\n\n")
 
 
-def _split_long(block: str, max_chars: int) -> Iterator[str]:
+def _greedy_join(pieces: Iterable[str], max_chars: int, joiner: str) -> Iterator[str]:
     current = ""
-    for line in _wrap(block.split("\n"), max_chars):
-        if current and len(current) + 1 + len(line) > max_chars:
+    for piece in pieces:
+        if current and len(current) + len(joiner) + len(piece) > max_chars:
             yield current
-            current = line
+            current = piece
         else:
-            current = f"{current}\n{line}" if current else line
+            current = f"{current}{joiner}{piece}" if current else piece
     if current:
         yield current
 
