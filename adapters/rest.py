@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import uuid
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.base import Adapter, Capabilities, register
-from gateway.message import Inbound, Outbound, TurnResult, conversation_key
+from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
 
 CHANNEL = "rest"
 
@@ -64,7 +63,7 @@ class RestAdapter(Adapter):
             conversation=conversation_key(CHANNEL, payload.conversation_id),
             sender=payload.sender or payload.conversation_id,
             text=payload.text,
-            provider_message_id=request.headers.get("Idempotency-Key") or uuid.uuid4().hex,
+            provider_message_id=request.headers.get("Idempotency-Key") or new_id(),
         )
         runtime = self.runtime
         with runtime.results.expect(message.id) as result:

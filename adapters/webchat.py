@@ -12,7 +12,6 @@ import asyncio
 import html
 import json
 import re
-import uuid
 from collections import defaultdict
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,14 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from adapters.base import Adapter, Capabilities, register
-from gateway.message import Inbound, Outbound, TranscriptEntry, conversation_key, utcnow
+from gateway.message import (
+    Inbound,
+    Outbound,
+    TranscriptEntry,
+    conversation_key,
+    new_id,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -73,7 +79,7 @@ class WebchatAdapter(Adapter):
         socket = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
         await socket.prepare(request)
         requested = request.query.get("conversation", "")
-        conversation_id = requested if _CONVERSATION_ID.match(requested) else uuid.uuid4().hex
+        conversation_id = requested if _CONVERSATION_ID.match(requested) else new_id()
         key = conversation_key(CHANNEL, conversation_id)
         history = await self.runtime.store.transcript(key)
         await socket.send_json(

@@ -6,12 +6,17 @@ Nothing past an adapter knows a provider's payload shape; provider-only details 
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_id() -> str:
+    """128 random bits as hex, like uuid4().hex without building a UUID object."""
+    return os.urandom(16).hex()
 
 
 def utcnow() -> datetime:
@@ -49,7 +54,7 @@ class Attachment(Model):
 class Inbound(Model):
     """A customer's (or agent's) message, normalized."""
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = Field(default_factory=new_id)
     channel: str
     conversation: str
     sender: str

@@ -34,6 +34,9 @@ from gateway.store import Store
 log = structlog.get_logger(__name__)
 
 HISTORY_TURNS = 20
+# A half-done message is its conversation's latest, so its traces are among the last entries:
+# the customer's message, then at most the bot's reply or a delivery-failure note.
+RECOVERY_WINDOW = 3
 
 
 class Pipeline:
@@ -76,12 +79,13 @@ class Pipeline:
             key=message.conversation, channel=message.channel, customer=message.sender
         )
         history = await self._store.transcript(message.conversation, last=HISTORY_TURNS)
-        if not any(entry.message_id == message.id for entry in history):
+        latest = history[-RECOVERY_WINDOW:]
+        if not any(entry.message_id == message.id for entry in latest):
             await self._store.append(
                 message.conversation,
                 TranscriptEntry(role=Role.CUSTOMER, text=message.content, message_id=message.id),
             )
-        already_answered = any(entry.in_reply_to == message.id for entry in history)
+        already_answered = any(entry.in_reply_to == message.id for entry in latest)
 
         # 3. Decide: the bot answers only while no person owns the conversation.
         if conversation.mode is not Mode.BOT:
