@@ -87,8 +87,14 @@ class Pipeline:
             )
         already_answered = any(entry.in_reply_to == message.id for entry in latest)
 
-        # 3. Decide: the bot answers only while no person owns the conversation.
-        if conversation.mode is not Mode.BOT:
+        # 3. Decide: the bot answers only while no person owns the conversation, and only
+        #    once: a reply a previous attempt already sent is not worked out again.
+        if already_answered:
+            decision = Decision(
+                action=Action.ANSWER,
+                explanation="Answered by an earlier attempt at this message; not sent again.",
+            )
+        elif conversation.mode is not Mode.BOT:
             decision = Decision(
                 action=Action.HUMAN,
                 reason=Reason.HUMAN_ACTIVE,
@@ -98,7 +104,7 @@ class Pipeline:
             await self._typing(message)
             decision = await self._decide(message, conversation, history)
 
-        # 4. Send, unless a previous attempt at this message already did.
+        # 4. Send.
         replies = () if already_answered else await self._send(message, decision)
 
         # 5. Record the outcome, then mark the message done.
@@ -130,7 +136,7 @@ class Pipeline:
                 explanation="The answerer failed; see the logs.",
                 reply=self._messages.error,
             )
-        if decision.action is Action.ESCALATE and decision.reason is not Reason.PIPELINE_ERROR:
+        if decision.action is Action.ESCALATE:
             # No agent console is connected yet (the Slack hand-off), so an escalation tells
             # the customer where a person can be reached instead of promising one.
             reply = " ".join(filter(None, (decision.reply, self._messages.no_agents)))

@@ -120,6 +120,9 @@ class RedisBus:
 
     def subscribe(self, topic: str, listener: Listener) -> None:
         self._listeners[topic].append(listener)
+        self._ensure_listener()
+
+    def _ensure_listener(self) -> None:
         if self._listener_task is None:
             self._listener_task = asyncio.create_task(self._listen(), name="bus:pubsub")
 
@@ -127,8 +130,7 @@ class RedisBus:
 
     async def consume(self, handler: Handler) -> None:
         self._handler = handler
-        if self._listener_task is None:
-            self._listener_task = asyncio.create_task(self._listen(), name="bus:pubsub")
+        self._ensure_listener()
         await self._ensure_group()
         background = [
             asyncio.create_task(self._heartbeat(), name="bus:heartbeat"),
