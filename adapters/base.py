@@ -48,6 +48,9 @@ class Adapter(ABC):
     async def stop(self) -> None:
         """Close what `start` opened."""
 
+    async def close(self) -> None:
+        """Release the clients `send` uses (HTTP sessions); called once when the runtime closes."""
+
     @abstractmethod
     async def send(self, outbound: Outbound) -> None:
         """Deliver one message (already split to `capabilities.text_limit`) to the customer."""

@@ -89,6 +89,8 @@ class Runtime:
         try:
             yield runtime
         finally:
+            for adapter in runtime.adapters.values():
+                await adapter.close()
             await bus.close()
             await store.close()
             runtime.knowledge.close()
