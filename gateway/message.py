@@ -153,6 +153,10 @@ class Conversation(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     failed_turns: int = 0
+    # Where the customer's latest message came from (its `thread` and provider `extras`), so a
+    # reply sent later, by an agent, is addressed and threaded like a direct answer.
+    reply_thread: str | None = None
+    reply_extras: dict[str, Any] = Field(default_factory=dict)
 
 
 class TurnResult(Model):

@@ -78,6 +78,8 @@ class Pipeline:
         conversation = await self._store.load(message.conversation) or Conversation(
             key=message.conversation, channel=message.channel, customer=message.sender
         )
+        conversation.reply_thread = message.thread
+        conversation.reply_extras = message.extras
         history = await self._store.transcript(message.conversation, last=HISTORY_TURNS)
         latest = history[-RECOVERY_WINDOW:]
         if not any(entry.message_id == message.id for entry in latest):
