@@ -51,13 +51,31 @@ class Attachment(Model):
         return f"[{self.kind} attached: {label}]"
 
 
+class InboundKind(StrEnum):
+    """What an inbound event is. Agents' events travel the bus under the customer's
+    conversation key, so they are ordered with the customer's messages, on any worker."""
+
+    CUSTOMER = "customer"  # a customer's message
+    AGENT_REPLY = "agent_reply"  # an agent's thread reply, for the customer
+    AGENT_NOTE = "agent_note"  # an agent's internal note; never reaches the customer
+    CLAIM = "claim"
+    RESOLVE = "resolve"
+    HAND_BACK = "hand_back"
+    TICK = "tick"  # a hand-off timer fell due (reminder, unclaimed ping, timeout)
+
+
 class Inbound(Model):
-    """A customer's (or agent's) message, normalized."""
+    """A customer's message or an agent's event, normalized.
+
+    `channel` and `conversation` are always the customer's, whoever sent the event.
+    """
 
     id: str = Field(default_factory=new_id)
+    kind: InboundKind = InboundKind.CUSTOMER
     channel: str
     conversation: str
     sender: str
+    author: str | None = None  # an agent's display name
     text: str = ""
     attachments: tuple[Attachment, ...] = ()
     provider_message_id: str

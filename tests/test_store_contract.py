@@ -66,3 +66,11 @@ async def test_two_customers_never_share_a_transcript(store_factory) -> None:
     await store.append("rest:bob", TranscriptEntry(role=Role.CUSTOMER, text="bob's question"))
     assert [entry.text for entry in await store.transcript("rest:bob")] == ["bob's question"]
     assert await store.transcript("rest:carol") == []
+
+
+async def test_an_agents_thread_leads_back_to_its_conversation(store_factory) -> None:
+    store: Store = store_factory()
+    assert await store.thread_conversation("C0ESC:1700000000.000100") is None
+    await store.save(Conversation(key="telegram:42", channel="telegram"))
+    await store.link_thread("C0ESC:1700000000.000100", "telegram:42")
+    assert await store.thread_conversation("C0ESC:1700000000.000100") == "telegram:42"

@@ -24,6 +24,7 @@ class MemoryStore:
         # so purging expired entries only ever looks at the front.
         self._processed: OrderedDict[str, float] = OrderedDict()
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._threads: dict[str, str] = {}
 
     async def is_processed(self, dedupe_key: str) -> bool:
         self._purge()
@@ -49,6 +50,16 @@ class MemoryStore:
         if record is None:
             return []
         return record.transcript[-last:] if last else list(record.transcript)
+
+    async def link_thread(self, thread: str, conversation: str) -> None:
+        self._threads[thread] = conversation
+
+    async def thread_conversation(self, thread: str) -> str | None:
+        conversation = self._threads.get(thread)
+        if conversation is not None and conversation not in self._records:
+            del self._threads[thread]  # its conversation expired
+            return None
+        return conversation
 
     async def ping(self) -> None:
         return None

@@ -50,6 +50,13 @@ class RedisStore:
         raw = await self._redis.lrange(f"{PREFIX}:transcript:{key}", start, -1)
         return [TranscriptEntry.model_validate_json(item) for item in raw]
 
+    async def link_thread(self, thread: str, conversation: str) -> None:
+        await self._redis.set(f"{PREFIX}:thread:{thread}", conversation, ex=self._conversation_ttl)
+
+    async def thread_conversation(self, thread: str) -> str | None:
+        raw = await self._redis.get(f"{PREFIX}:thread:{thread}")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     async def ping(self) -> None:
         await self._redis.ping()
 
