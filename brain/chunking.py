@@ -51,10 +51,14 @@ class Chunk:
     text: str
 
     @property
+    def label(self) -> str:
+        """The page title and heading path: what the text is about."""
+        return SEPARATOR.join(part for part in (self.title, self.heading) if part)
+
+    @property
     def embedding_text(self) -> str:
         """What gets embedded: the page title and heading path give the text its context."""
-        label = SEPARATOR.join(part for part in (self.title, self.heading) if part)
-        return f"{label}\n\n{self.text}" if label else self.text
+        return f"{self.label}\n\n{self.text}" if self.label else self.text
 
 
 def chunk_file(path: Path, *, max_chars: int = MAX_CHARS) -> list[Chunk]:

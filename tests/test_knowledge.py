@@ -17,7 +17,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings
 
 from brain import knowledge
-from brain.embedder import MiniLMEmbedder
+from brain.embedder import DEFAULT_EMBEDDER, Embedder, MiniLMEmbedder, load_embedder
 from brain.knowledge import KnowledgeBase
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kb"
@@ -31,8 +31,8 @@ INGESTED = {
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder()
+def embedder() -> Embedder:
+    return load_embedder(DEFAULT_EMBEDDER)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def docs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kb(tmp_path: Path, embedder: MiniLMEmbedder) -> Iterator[KnowledgeBase]:
+def kb(tmp_path: Path, embedder: Embedder) -> Iterator[KnowledgeBase]:
     base = KnowledgeBase(tmp_path / "data", embedder=embedder)
     yield base
     base.close()
@@ -148,16 +148,16 @@ async def test_deleted_file_chunks_are_removed(
 
 
 def test_unchanged_reingest_does_not_load_the_model(
-    docs: Path, tmp_path: Path, embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+    docs: Path, tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = KnowledgeBase(tmp_path / "data", embedder=embedder)
     first.ingest([docs])
     first.close()
 
-    def no_model() -> None:
-        raise AssertionError("the model was loaded")
+    def no_model(name: str) -> None:
+        raise AssertionError(f"the model {name} was loaded")
 
-    monkeypatch.setattr(knowledge, "MiniLMEmbedder", no_model)
+    monkeypatch.setattr(knowledge, "load_embedder", no_model)
     second = KnowledgeBase(tmp_path / "data")
     assert not second.is_stale([docs])
     report = second.ingest([docs])
@@ -276,7 +276,7 @@ def wait_for_heartbeat(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 async def test_chroma_server_ingest_and_search(
-    chroma_url: str, docs: Path, tmp_path: Path, embedder: MiniLMEmbedder
+    chroma_url: str, docs: Path, tmp_path: Path, embedder: Embedder
 ) -> None:
     base = KnowledgeBase(tmp_path / "unused", chroma_url=chroma_url, embedder=embedder)
     try:
@@ -320,3 +320,43 @@ async def test_concurrent_searches_share_a_batch_and_each_gets_its_own_answer(
     expected = [source for source in questions.values() for _ in range(10)]
     assert [passages[0].source for passages in answers] == expected
     assert len(batches) < 30 and sum(batches) == 30  # fewer forward passes than queries
+
+
+# Switching embedders
+
+
+async def test_switching_the_embedder_rebuilds_the_collection_in_the_new_vector_space(
+    docs: Path, tmp_path: Path, embedder: Embedder
+) -> None:
+    minilm = KnowledgeBase(tmp_path / "data", embedder=MiniLMEmbedder())
+    minilm.ingest([docs])
+    assert minilm.vector_space() == f"minilm/{knowledge.VECTORS}"
+    minilm.close()
+
+    switched = KnowledgeBase(tmp_path / "data", embedder=embedder)
+    assert switched.is_stale([docs])  # files unchanged, but the vectors are another model's
+    assert await switched.search("Can I pay with PayPal?") == []  # never mixes vector spaces
+    report = switched.ingest([docs])
+    assert (report.added, report.unchanged) == (5, 0)
+    assert switched.vector_space() == f"{embedder.name}/{knowledge.VECTORS}"
+    assert not switched.is_stale([docs])
+    assert (await top(switched, "Can I pay with PayPal?")).source == "billing.md"
+    with stored(tmp_path / "data") as collection:
+        assert collection.metadata == {"embedder": embedder.name, "vectors": knowledge.VECTORS}
+        assert len(collection.get(limit=1, include=["embeddings"])["embeddings"][0]) == 512
+    switched.close()
+
+
+async def test_a_collection_from_before_vector_spaces_were_recorded_is_rebuilt(
+    tmp_path: Path, docs: Path, embedder: Embedder
+) -> None:
+    settings = Settings(anonymized_telemetry=False)
+    path = str(tmp_path / "data" / "chroma")
+    with chromadb.PersistentClient(path=path, settings=settings) as client:
+        client.create_collection("knowledge", embedding_function=None)
+    legacy = KnowledgeBase(tmp_path / "data", embedder=embedder)
+    assert legacy.vector_space() == "minilm/text"
+    assert legacy.is_stale([docs])
+    legacy.ingest([docs])
+    assert legacy.vector_space() == f"{embedder.name}/{knowledge.VECTORS}"
+    legacy.close()

@@ -1,10 +1,7 @@
-"""The offline answerer's extractive answers and its escalation cues."""
+"""The offline answerer's extractive answers (its escalation rules: tests/test_escalation.py)."""
 
 from __future__ import annotations
 
-import pytest
-
-from brain.escalation import wants_human
 from brain.knowledge import Passage
 from brain.offline import compose_answer
 
@@ -40,31 +37,3 @@ def test_list_items_lose_their_markers() -> None:
         score=0.6,
     )
     assert compose_answer("reset password", [steps], 1) == "Choose reset password."
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "I want to talk to a human",
-        "can I speak with someone from support?",
-        "Get me a real person please",
-        "agent",
-        "Ich möchte mit einem Mitarbeiter sprechen",
-        "Quiero hablar con una persona",
-        "Je voudrais parler à un conseiller",
-    ],
-)
-def test_requests_for_a_person_are_recognised(text: str) -> None:
-    assert wants_human(text)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "How do I pause my subscription?",
-        "Is the agent of the courier DHL?",
-        "Who is the person on the bag?",
-    ],
-)
-def test_ordinary_questions_are_not_requests_for_a_person(text: str) -> None:
-    assert not wants_human(text)
