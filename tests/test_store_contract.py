@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -74,3 +75,47 @@ async def test_an_agents_thread_leads_back_to_its_conversation(store_factory) ->
     await store.save(Conversation(key="telegram:42", channel="telegram"))
     await store.link_thread("C0ESC:1700000000.000100", "telegram:42")
     assert await store.thread_conversation("C0ESC:1700000000.000100") == "telegram:42"
+
+
+async def test_scheduled_conversations_fall_due_in_time_order(store_factory) -> None:
+    store: Store = store_factory()
+    base = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    await store.schedule("rest:late", base + timedelta(seconds=30))
+    await store.schedule("rest:early", base + timedelta(seconds=10))
+    await store.schedule("rest:future", base + timedelta(hours=1))
+    assert await store.due(base, limit=10) == []
+    due = await store.due(base + timedelta(minutes=1), limit=10)
+    assert due == [
+        ("rest:early", base + timedelta(seconds=10)),
+        ("rest:late", base + timedelta(seconds=30)),
+    ]
+    assert await store.due(base + timedelta(minutes=1), limit=1) == [due[0]]
+
+
+async def test_a_due_timer_stays_due_until_rescheduled_or_unscheduled(store_factory) -> None:
+    store: Store = store_factory()
+    base = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    await store.schedule("rest:a", base)
+    await store.schedule("rest:b", base)
+    assert len(await store.due(base, limit=10)) == 2  # due() does not consume
+    await store.schedule("rest:a", base + timedelta(minutes=5))  # replaces a's earlier time
+    await store.unschedule("rest:b")
+    await store.unschedule("rest:never-scheduled")
+    assert await store.due(base + timedelta(minutes=1), limit=10) == []
+    assert await store.due(base + timedelta(minutes=5), limit=10) == [
+        ("rest:a", base + timedelta(minutes=5))
+    ]
+
+
+async def test_a_loaded_conversation_changes_the_store_only_when_saved(store_factory) -> None:
+    store: Store = store_factory()
+    await store.save(Conversation(key="rest:alice", channel="rest"))
+    loaded = await store.load("rest:alice")
+    assert loaded is not None
+    loaded.mode = Mode.HUMAN
+    loaded.reply_extras["chat"] = 1
+    unsaved = await store.load("rest:alice")
+    assert unsaved is not None and unsaved.mode is Mode.BOT and unsaved.reply_extras == {}
+    await store.save(loaded)
+    saved = await store.load("rest:alice")
+    assert saved is not None and saved.mode is Mode.HUMAN

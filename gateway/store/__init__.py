@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from gateway.message import Conversation, TranscriptEntry
@@ -27,6 +28,17 @@ class Store(Protocol):
         ...
 
     async def thread_conversation(self, thread: str) -> str | None: ...
+
+    async def schedule(self, key: str, at: datetime) -> None:
+        """Be due at `at` (the hand-off's next timer); replaces the conversation's earlier one."""
+        ...
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, datetime]]:
+        """Up to `limit` conversations due at `now`, earliest first; they stay scheduled until
+        `unschedule` or a new `schedule`, so a timer a crashed worker dropped fires again."""
+        ...
+
+    async def unschedule(self, key: str) -> None: ...
 
     async def ping(self) -> None: ...
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.message import Conversation, TranscriptEntry
 
@@ -25,6 +27,7 @@ class MemoryStore:
         self._processed: OrderedDict[str, float] = OrderedDict()
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._threads: dict[str, str] = {}
+        self._timers: dict[str, datetime] = {}  # only waiting conversations: a short scan
 
     async def is_processed(self, dedupe_key: str) -> bool:
         self._purge()
@@ -37,10 +40,12 @@ class MemoryStore:
     async def load(self, key: str) -> Conversation | None:
         self._purge()
         record = self._records.get(key)
-        return record.conversation if record else None
+        # A copy, as from Redis: a turn's changes are seen by others only once it saves them.
+        conversation = record.conversation if record else None
+        return conversation.model_copy(deep=True) if conversation else None
 
     async def save(self, conversation: Conversation) -> None:
-        self._touch(conversation.key).conversation = conversation.model_copy()
+        self._touch(conversation.key).conversation = conversation.model_copy(deep=True)
 
     async def append(self, key: str, entry: TranscriptEntry) -> None:
         self._touch(key).transcript.append(entry)
@@ -60,6 +65,16 @@ class MemoryStore:
             del self._threads[thread]  # its conversation expired
             return None
         return conversation
+
+    async def schedule(self, key: str, at: datetime) -> None:
+        self._timers[key] = at
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, datetime]]:
+        ready = ((at, key) for key, at in self._timers.items() if at <= now)
+        return [(key, at) for at, key in heapq.nsmallest(limit, ready)]
+
+    async def unschedule(self, key: str) -> None:
+        self._timers.pop(key, None)
 
     async def ping(self) -> None:
         return None

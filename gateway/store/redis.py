@@ -6,11 +6,14 @@ together and nothing accumulates.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from redis.asyncio import Redis
 
 from gateway.message import Conversation, TranscriptEntry
 
 PREFIX = "gw"
+SCHEDULE = f"{PREFIX}:schedule"  # sorted set: conversation key scored by its due epoch
 
 
 class RedisStore:
@@ -56,6 +59,21 @@ class RedisStore:
     async def thread_conversation(self, thread: str) -> str | None:
         raw = await self._redis.get(f"{PREFIX}:thread:{thread}")
         return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def schedule(self, key: str, at: datetime) -> None:
+        await self._redis.zadd(SCHEDULE, {key: at.timestamp()})
+
+    async def due(self, now: datetime, limit: int) -> list[tuple[str, datetime]]:
+        raw = await self._redis.zrangebyscore(
+            SCHEDULE, "-inf", now.timestamp(), start=0, num=limit, withscores=True
+        )
+        return [
+            (key.decode() if isinstance(key, bytes) else key, datetime.fromtimestamp(score, UTC))
+            for key, score in raw
+        ]
+
+    async def unschedule(self, key: str) -> None:
+        await self._redis.zrem(SCHEDULE, key)
 
     async def ping(self) -> None:
         await self._redis.ping()
