@@ -1,13 +1,16 @@
-"""Running the process types: `web` (HTTP), `worker` (pipeline consumers), or both in one."""
+"""Running the process types: `web` (HTTP), `worker` (pipeline consumers), `connectors`
+(long-lived provider connections: Telegram polling, the Discord gateway, ...), or all in one."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
 
+from adapters.base import Adapter
 from gateway.config import GatewayConfig
 from gateway.runtime import Runtime
 from gateway.server import build_app
@@ -15,8 +18,18 @@ from gateway.server import build_app
 log = structlog.get_logger(__name__)
 
 
-async def run(config: GatewayConfig, *, http: bool, worker: bool, ingest: bool = False) -> None:
-    """Run until SIGINT/SIGTERM, then stop taking work and shut down in order."""
+async def run(
+    config: GatewayConfig,
+    *,
+    http: bool,
+    worker: bool,
+    connectors: bool = False,
+    ingest: bool = False,
+) -> None:
+    """Run until SIGINT/SIGTERM, then stop taking work and shut down in order.
+
+    Only the connectors role calls the adapters' `start()`; the web role never does.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -28,17 +41,22 @@ async def run(config: GatewayConfig, *, http: bool, worker: bool, ingest: bool =
         consumer = (
             asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle)) if worker else None
         )
+        # Hand-off timers and delivery reports become bus events on the worker role.
+        relay = runtime.relay
+        handoff = asyncio.create_task(relay.run()) if worker and relay is not None else None
         runner = None
         if http:
             runner = web.AppRunner(build_app(runtime), access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
+        connected = await start_connectors(runtime.adapters) if connectors else []
         backend = "redis" if config.redis_url else "in-process"
         log.info(
             "gateway.started",
             http=f"http://{config.server.host}:{config.server.port}" if http else None,
             worker=worker,
+            connectors=[adapter.name for adapter in connected] if connectors else None,
             backend=backend,
             channels=sorted(runtime.adapters),
         )
@@ -47,10 +65,46 @@ async def run(config: GatewayConfig, *, http: bool, worker: bool, ingest: bool =
             waiters.append(consumer)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         log.info("gateway.stopping")
+        await stop_connectors(connected)
         if runner is not None:
             await runner.cleanup()
+        if handoff is not None:
+            handoff.cancel()
+            await asyncio.gather(handoff, return_exceptions=True)
         if consumer is not None:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
         for waiter in waiters:
             waiter.cancel()
+
+
+async def start_connectors(adapters: Mapping[str, Adapter]) -> list[Adapter]:
+    """Open every enabled channel's long-lived connection, at once; a channel whose start fails
+    is logged with its reason and left out, and the others run."""
+
+    async def start(name: str, adapter: Adapter) -> Adapter | None:
+        try:
+            await adapter.start()
+        except Exception as error:
+            log.error(
+                "connectors.start_failed", channel=name, error=f"{type(error).__name__}: {error}"
+            )
+            return None
+        return adapter
+
+    # Channels that are HTTP only (no `start` of their own) have nothing to open.
+    connecting = {name: adapter for name, adapter in adapters.items() if _connects(adapter)}
+    started = await asyncio.gather(*(start(name, adapter) for name, adapter in connecting.items()))
+    return [adapter for adapter in started if adapter is not None]
+
+
+def _connects(adapter: Adapter) -> bool:
+    return type(adapter).start is not Adapter.start
+
+
+async def stop_connectors(adapters: list[Adapter]) -> None:
+    for adapter in adapters:
+        try:
+            await adapter.stop()
+        except Exception:
+            log.exception("connectors.stop_failed", channel=adapter.name)

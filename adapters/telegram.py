@@ -1,0 +1,317 @@
+"""Telegram (aiogram 3): a webhook on the web process, or long polling in the connectors process.
+
+`channels.telegram.mode` picks one, and only one, because Telegram lets a token be read one
+way at a time: while a webhook is set, getUpdates answers 409 Conflict, and two pollers
+terminate each other (https://core.telegram.org/bots/api#getupdates). So webhook mode never
+polls, and polling mode deletes the webhook before its first getUpdates.
+
+The webhook answers as soon as the update is on the bus, well inside the 60 s after which
+Telegram redelivers; a redelivery (or an update polled twice) carries the same `update_id`,
+which is the message's provider id, so the pipeline's dedupe drops it. Private chats are always
+answered; in groups, only messages that mention the bot or reply to it, each sender in their
+own conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ChatAction, ChatType, MessageEntityType, ParseMode
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import Message, ReplyParameters, Update
+from aiogram.utils.backoff import Backoff, BackoffConfig
+from aiohttp import web
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from adapters.base import Adapter, Capabilities, register
+from adapters.markup import to_telegram_html
+from gateway.message import Attachment, Inbound, Outbound, conversation_key
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# Only messages are answered; the rest (edits, reactions, members) are not asked for.
+ALLOWED_UPDATES = ["message"]
+POLL_TIMEOUT = 30  # seconds one getUpdates call waits for an update
+POLL_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
+SEND_ATTEMPTS = 4
+# Flood control can ask for minutes; holding a worker that long is worse than a reported failure.
+MAX_RETRY_AFTER = 60
+
+
+@register(CHANNEL)
+class TelegramAdapter(Adapter):
+    # 4096 characters after entity parsing: https://core.telegram.org/bots/api#sendmessage
+    capabilities = Capabilities(text_limit=4096, threads=True, typing=True, media=True)
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self._config = runtime.config.channels.telegram
+        token = self._config.bot_token
+        if token is None:  # the config refuses an enabled channel without one
+            raise ValueError("channels.telegram.bot_token is not set (TELEGRAM_BOT_TOKEN)")
+        api = TelegramAPIServer.from_base(self._config.api_url)
+        self._bot = Bot(token.get_secret_value(), session=AiohttpSession(api=api))
+        username = self._config.bot_username
+        self._username = username.lstrip("@").lower() if username else None
+        self._polling: asyncio.Task[None] | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        if self._config.mode != "webhook":
+            return []
+        return [web.post(WEBHOOK_PATH, self._webhook)]
+
+    async def start(self) -> None:
+        if self._config.mode != "polling":
+            return  # webhook mode: Telegram pushes to the web process; polling would 409
+        await self._bot.delete_webhook(drop_pending_updates=False)
+        self._polling = asyncio.create_task(self._poll(), name="telegram-polling")
+        log.info("telegram.polling_started")
+
+    async def stop(self) -> None:
+        if self._polling is None:
+            return
+        self._polling.cancel()
+        await asyncio.gather(self._polling, return_exceptions=True)
+        self._polling = None
+        log.info("telegram.polling_stopped")
+
+    async def close(self) -> None:
+        await self._bot.session.close()
+
+    async def send(self, outbound: Outbound) -> None:
+        chat_id = _chat_id(outbound.conversation)
+        reply_to = outbound.extras.get("reply_to")
+        addressing = {
+            "chat_id": chat_id,
+            "message_thread_id": int(outbound.thread) if outbound.thread else None,
+            # In a group the answer quotes the customer's message, so they see it is theirs.
+            "reply_parameters": ReplyParameters(
+                message_id=reply_to, allow_sending_without_reply=True
+            )
+            if reply_to
+            else None,
+        }
+        try:
+            await self._send_message(
+                text=to_telegram_html(outbound.text), parse_mode=ParseMode.HTML, **addressing
+            )
+        except TelegramBadRequest as error:
+            # Rejected markup fails the same way on every retry, so resend it as plain text:
+            # https://core.telegram.org/bots/api#formatting-options
+            if "can't parse entities" not in error.message.lower():
+                raise
+            log.warning("telegram.formatting_rejected", detail=error.message)
+            await self._send_message(text=outbound.text, parse_mode=None, **addressing)
+
+    async def typing(self, conversation: str) -> None:
+        # Lasts 5 s or until the bot's message arrives: https://core.telegram.org/bots/api#sendchataction
+        await self._bot.send_chat_action(chat_id=_chat_id(conversation), action=ChatAction.TYPING)
+
+    async def _send_message(self, **params: object) -> None:
+        """sendMessage, retried after flood control's `retry_after` and on server errors."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=_retry_wait,
+            stop=stop_after_attempt(SEND_ATTEMPTS),
+            before_sleep=_log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                await self._bot.send_message(**params)  # type: ignore[arg-type]
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        secret = self._config.webhook_secret
+        expected = secret.get_secret_value().encode() if secret else b""
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not expected or not hmac.compare_digest(given, expected):
+            log.warning("telegram.webhook_unauthorized", header_present=bool(given))
+            raise web.HTTPUnauthorized(reason="wrong or missing secret token")
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": self._bot})
+        except ValidationError as error:
+            log.warning("telegram.webhook_malformed", problems=error.error_count())
+            raise web.HTTPBadRequest(reason="body is not a Telegram Update") from None
+        except ValueError:
+            log.warning("telegram.webhook_malformed", problems="not JSON")
+            raise web.HTTPBadRequest(reason="body is not valid JSON") from None
+        await self._accept(update)
+        return web.json_response({})
+
+    async def _poll(self) -> None:
+        """Long-poll getUpdates. An update is confirmed (the next offset) only once it is on the
+        bus, so a bus outage loses nothing; aiogram's own polling loop confirms it even when its
+        handler failed, hence this loop."""
+        backoff = Backoff(POLL_BACKOFF)
+        offset: int | None = None
+        while True:
+            try:
+                updates = await self._bot.get_updates(
+                    offset=offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                )
+                for update in updates:
+                    await self._accept(update)
+                    offset = update.update_id + 1
+            except TelegramConflictError as error:
+                # https://core.telegram.org/bots/api#getupdates: a webhook or a second poller.
+                log.error(
+                    "telegram.polling_conflict",
+                    detail=error.message,
+                    hint="another process polls this bot token, or a webhook was set again",
+                )
+                await backoff.asleep()
+            except Exception as error:
+                log.warning("telegram.polling_failed", error=f"{type(error).__name__}: {error}")
+                await backoff.asleep()
+            else:
+                backoff.reset()
+
+    async def _accept(self, update: Update) -> None:
+        message = await self._inbound(update)
+        if message is None:
+            log.debug("telegram.update_ignored", update_id=update.update_id)
+            return
+        await self.runtime.bus.publish(message)
+
+    async def _inbound(self, update: Update) -> Inbound | None:
+        message = update.message
+        if message is None or message.from_user is None or message.from_user.is_bot:
+            return None
+        private = message.chat.type == ChatType.PRIVATE
+        if not private and not await self._addressed_to_bot(message):
+            return None
+        text = message.text or message.caption or ""
+        if not private and self._username:
+            text = _strip_mention(text, self._username)
+        attachments = _attachments(message)
+        if not text.strip() and not attachments:
+            return None  # service messages: members joining, pins, topic changes
+        user = message.from_user
+        chat_id = str(message.chat.id)
+        scope = (chat_id,) if private else (chat_id, str(user.id))
+        return Inbound(
+            channel=CHANNEL,
+            conversation=conversation_key(CHANNEL, *scope),
+            sender=user.full_name,
+            text=text.strip(),
+            attachments=attachments,
+            provider_message_id=str(update.update_id),
+            thread=str(message.message_thread_id) if message.is_topic_message else None,
+            extras={} if private else {"reply_to": message.message_id},
+        )
+
+    async def _addressed_to_bot(self, message: Message) -> bool:
+        replied = message.reply_to_message
+        if replied and replied.from_user and replied.from_user.id == self._bot.id:
+            return True
+        if self._username is None:
+            self._username = ((await self._bot.me()).username or "").lower()
+        text = message.text or message.caption or ""
+        mention = f"@{self._username}"
+        return any(
+            (
+                entity.type == MessageEntityType.MENTION
+                and entity.extract_from(text).lower() == mention
+            )
+            or (
+                entity.type == MessageEntityType.TEXT_MENTION
+                and entity.user is not None
+                and entity.user.id == self._bot.id
+            )
+            for entity in message.entities or message.caption_entities or ()
+        )
+
+
+def _chat_id(conversation: str) -> int:
+    """The chat id is the key's first scope part: `telegram:<chat>` or `telegram:<chat>:<user>`."""
+    return int(conversation.split(":")[1])
+
+
+def _strip_mention(text: str, username: str) -> str:
+    mention = f"@{username}"
+    index = text.lower().find(mention)
+    return text if index < 0 else text[:index] + text[index + len(mention) :]
+
+
+def _attachments(message: Message) -> tuple[Attachment, ...]:
+    """What the customer sent besides text, as notes; files are never downloaded."""
+    found: list[Attachment] = []
+    if message.photo:
+        largest = message.photo[-1]
+        found.append(Attachment(kind="image", name="photo", size=largest.file_size))
+    if message.document:
+        document = message.document
+        found.append(
+            Attachment(
+                kind="document",
+                name=document.file_name,
+                mime_type=document.mime_type,
+                size=document.file_size,
+            )
+        )
+    if message.voice:
+        voice = message.voice
+        found.append(
+            Attachment(
+                kind="audio",
+                name=f"voice message, {voice.duration} s",
+                mime_type=voice.mime_type,
+                size=voice.file_size,
+            )
+        )
+    if message.audio:
+        audio = message.audio
+        found.append(
+            Attachment(kind="audio", name=audio.title or audio.file_name, mime_type=audio.mime_type)
+        )
+    if message.video or message.video_note:
+        found.append(Attachment(kind="video", name="video"))
+    if message.sticker:
+        found.append(
+            Attachment(kind="sticker", name=f"sticker {message.sticker.emoji or ''}".strip())
+        )
+    if message.location:
+        found.append(Attachment(kind="location", name="location"))
+    return tuple(found)
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, TelegramRetryAfter):
+        return error.retry_after <= MAX_RETRY_AFTER
+    return isinstance(error, TelegramServerError)
+
+
+def _retry_wait(state: RetryCallState) -> float:
+    """Flood control says how long to wait (https://core.telegram.org/bots/api#responseparameters);
+    a server error backs off 1, 2, 4 s."""
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, TelegramRetryAfter):
+        return float(error.retry_after)
+    return float(2 ** (state.attempt_number - 1))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "telegram.send_retry",
+        attempt=state.attempt_number,
+        wait=round(state.upcoming_sleep, 2),
+        error=type(error).__name__,
+    )
