@@ -1,0 +1,486 @@
+"""SMS and WhatsApp through Twilio: two channels, one webhook shape, one REST send.
+
+Inbound: Twilio POSTs each message to `/twilio/sms` or `/twilio/whatsapp`. The request is
+checked against `X-Twilio-Signature` computed over the operator's `public_url` (what Twilio
+called, not what a TLS-terminating proxy forwards), published on the bus, and answered at once
+with empty TwiML; the reply goes out later from a worker through the REST API, with a status
+callback to `/twilio/<channel>/status`. `MessageSid` is the provider message id, so the
+pipeline's dedupe drops Twilio's redeliveries.
+
+SMS replies are plain text cut into messages of whole segments (see `split_sms`). WhatsApp
+replies are plain text too, and once the customer's 24-hour window has closed the reply goes
+out as the operator's approved template, or is held and flagged when none is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
+import structlog
+from aiohttp import web
+from multidict import MultiDictProxy
+from prometheus_client import Counter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+from twilio.twiml.messaging_response import MessagingResponse
+
+from adapters.base import Adapter, Capabilities, register
+from adapters.markup import to_plain
+from adapters.split import split_text
+from gateway.config import SmsConfig, TwilioChannelConfig, WhatsappConfig
+from gateway.message import (
+    Attachment,
+    Inbound,
+    Outbound,
+    Role,
+    TranscriptEntry,
+    conversation_key,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+# https://www.twilio.com/docs/messaging/api/message-resource: Body holds 1,600 characters.
+MAX_BODY = 1600
+# https://www.twilio.com/docs/api/errors/63016: free-form WhatsApp messages only within 24 h of
+# the customer's last message; afterwards only an approved template.
+CUSTOMER_WINDOW = timedelta(hours=24)
+# https://www.twilio.com/docs/api/errors/63021: template text plus variables within 1,024.
+TEMPLATE_TEXT_MAX = 600
+# Retry-After is honoured up to this; a conversation waits behind its reply meanwhile.
+MAX_RETRY_AFTER = 30.0
+FAILED_STATUSES = frozenset({"failed", "undelivered"})
+
+STATUSES = Counter(
+    "gateway_twilio_status_total", "Twilio delivery status callbacks", ["channel", "status"]
+)
+
+
+class TwilioAdapter(Adapter):
+    """What SMS and WhatsApp share: signed webhooks, the REST send, status callbacks."""
+
+    address_prefix: ClassVar[str]  # how Twilio writes this channel's addresses: "whatsapp:+1…"
+    capabilities = Capabilities(text_limit=MAX_BODY)  # media in: noted; media out: not sent
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.settings: TwilioChannelConfig = getattr(runtime.config.channels, self.name)
+        # The section's validator guarantees these when the channel is enabled.
+        assert self.settings.auth_token is not None and self.settings.public_url is not None
+        self._validator = RequestValidator(self.settings.auth_token.get_secret_value())
+        self._public_url = self.settings.public_url.rstrip("/")
+        self._client: Client | None = None
+        self._http: _SafeRetryHttpClient | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(f"/twilio/{self.name}", self._on_message),
+            web.post(f"/twilio/{self.name}/status", self._on_status),
+        ]
+
+    def split(self, text: str) -> list[str]:
+        return self._fit(to_plain(text))
+
+    def _fit(self, text: str) -> list[str]:
+        """Cut plain text into message bodies; text that fits one comes back whole."""
+        return split_text(text, MAX_BODY)
+
+    async def send(self, outbound: Outbound) -> None:
+        # Parts from `split` fit already, except WhatsApp's (see there).
+        for body in self._fit(outbound.text):
+            await self._create(outbound, body=body)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    # Inbound
+
+    async def _on_message(self, request: web.Request) -> web.Response:
+        form = await self._verified_form(request)
+        message_sid, sender = _required(form, "MessageSid", "From")
+        customer = self._customer(sender)
+        if customer is None:
+            log.warning("twilio.wrong_channel", channel=self.name, sender=sender)
+            raise web.HTTPBadRequest(reason=f"From {sender!r} is not a {self.name} address")
+        now = utcnow()
+        await self.runtime.bus.publish(
+            Inbound(
+                channel=self.name,
+                conversation=conversation_key(self.name, customer),
+                sender=customer,
+                text=str(form.get("Body", "")),
+                attachments=_attachments(form),
+                provider_message_id=message_sid,
+                received_at=now,
+                extras={
+                    "to": str(form.get("To", "")),  # our number: the reply goes out from it
+                    "customer_at": now.isoformat(),  # opens WhatsApp's 24-hour window
+                    "profile_name": str(form.get("ProfileName", "")),
+                },
+            )
+        )
+        # Empty TwiML: Twilio sends nothing itself; the worker's reply goes out by REST.
+        return web.Response(text=str(MessagingResponse()), content_type="text/xml")
+
+    async def _on_status(self, request: web.Request) -> web.Response:
+        form = await self._verified_form(request)
+        message_sid, status = _required(form, "MessageSid", "MessageStatus")
+        error_code = form.get("ErrorCode")
+        STATUSES.labels(self.name, status).inc()
+        log.info(
+            "twilio.status",
+            channel=self.name,
+            provider_message_id=message_sid,
+            status=status,
+            error_code=error_code,
+        )
+        customer = self._customer(str(form.get("To", "")))
+        if status not in FAILED_STATUSES or customer is None:
+            return web.Response()
+        store = self.runtime.store
+        key = conversation_key(self.name, customer)
+        # A callback Twilio redelivers is reported once.
+        reported = f"{self.name}:status:{message_sid}:{status}"
+        if await store.is_processed(reported):
+            return web.Response()
+        if await store.load(key) is None:
+            log.warning("twilio.status_unknown_conversation", channel=self.name)
+            return web.Response()
+        error = f" (Twilio error {error_code})" if error_code else ""
+        detail = f"Twilio reports the message to the customer {status}{error}."
+        await self.report_undelivered(key, status, detail, message_sid)
+        await store.mark_processed(reported)
+        return web.Response()
+
+    async def _verified_form(self, request: web.Request) -> MultiDictProxy[Any]:
+        """The form, once `X-Twilio-Signature` proves Twilio sent it; otherwise 403.
+
+        Signed over the URL Twilio called, so it is rebuilt from `public_url`: behind a
+        TLS-terminating proxy the request arrives as http:// on an internal host
+        (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
+        """
+        form = await request.post()
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = self._public_url + request.raw_path
+        if not signature or not self._validator.validate(url, form, signature):
+            log.warning(
+                "twilio.signature_rejected",
+                channel=self.name,
+                path=request.path,
+                remote=request.remote,
+                signature_present=bool(signature),
+            )
+            raise web.HTTPForbidden(reason="X-Twilio-Signature does not match")
+        return form
+
+    def _customer(self, address: str) -> str | None:
+        """The customer's number from a Twilio address of this channel, else None."""
+        if not address.startswith(self.address_prefix):
+            return None
+        number = address.removeprefix(self.address_prefix)
+        return number if number and ":" not in number else None
+
+    # Outbound
+
+    async def _create(self, outbound: Outbound, **content: str) -> None:
+        """One Messages create: `content` is a `body`, or a template's `content_sid`."""
+        settings = self.settings
+        our_number = outbound.extras.get("to") or (
+            f"{self.address_prefix}{settings.from_number}" if settings.from_number else None
+        )
+        message = await self._rest().messages.create_async(
+            to=self.address_prefix + outbound.conversation.split(":", 1)[1],
+            from_=our_number,  # None: the Messaging Service picks a sender from its pool
+            messaging_service_sid=settings.messaging_service_sid,
+            status_callback=f"{self._public_url}/twilio/{self.name}/status",
+            **content,
+        )
+        log.info(
+            "twilio.sent", channel=self.name, provider_message_id=message.sid, status=message.status
+        )
+
+    def _rest(self) -> Client:
+        """The SDK client, made on first send, so only processes that send open a session."""
+        if self._client is None:
+            settings = self.settings
+            assert settings.auth_token is not None
+            self._http = _SafeRetryHttpClient(
+                timeout=settings.timeout, attempts=settings.send_attempts
+            )
+            client = Client(
+                settings.account_sid, settings.auth_token.get_secret_value(), http_client=self._http
+            )
+            # Neither Client nor AsyncTwilioHttpClient takes a base URL; each API domain holds
+            # its own, and Messages live on the `api` domain (twilio/base/domain.py).
+            client.api.base_url = settings.api_url
+            self._client = client
+        return self._client
+
+
+@register("sms")
+class SmsAdapter(TwilioAdapter):
+    address_prefix = ""
+    settings: SmsConfig
+
+    def _fit(self, text: str) -> list[str]:
+        return split_sms(text, self.settings.max_segments)
+
+
+@register("whatsapp")
+class WhatsappAdapter(TwilioAdapter):
+    address_prefix = "whatsapp:"
+    settings: WhatsappConfig
+
+    def split(self, text: str) -> list[str]:
+        """One part: whether the reply goes out as itself or as the template is decided once,
+        in `send`, which cuts the text into bodies only when it goes out as itself."""
+        plain = to_plain(text)
+        return [plain] if plain else []
+
+    async def send(self, outbound: Outbound) -> None:
+        opened = _customer_at(outbound.extras)
+        if opened is not None and utcnow() - opened < CUSTOMER_WINDOW:
+            await super().send(outbound)
+            return
+        last = f"{(utcnow() - opened).total_seconds() / 3600:.0f} h ago" if opened else "unknown"
+        closed = f"WhatsApp's 24-hour window is closed (customer's last message: {last})"
+        template = self.settings.template
+        if template is None:
+            detail = (
+                f"Reply not sent: {closed} and no template is configured "
+                f"(channels.whatsapp.template). The reply was: {outbound.text}"
+            )
+            await self.report_undelivered(outbound.conversation, "held", detail, None)
+            return
+        fields = {
+            "name": outbound.extras.get("profile_name") or "",
+            "agent": outbound.author or "our team",
+            # Template variables take no newlines (63021 also caps the whole text).
+            "text": _clip(" ".join(outbound.text.split()), TEMPLATE_TEXT_MAX),
+        }
+        variables = {
+            key: value.format(**fields) for key, value in template.content_variables.items()
+        }
+        await self._create(
+            outbound,
+            content_sid=template.content_sid,
+            content_variables=json.dumps(variables, ensure_ascii=False),
+        )
+        await self.runtime.store.append(
+            outbound.conversation,
+            TranscriptEntry(
+                role=Role.SYSTEM,
+                text=f"{closed}: sent the approved template {template.content_sid} instead of "
+                "the reply.",
+            ),
+        )
+
+
+def _required(form: MultiDictProxy[Any], *names: str) -> list[str]:
+    """The named fields of a signed webhook; a 400 naming them when one is missing."""
+    values = [str(form.get(name) or "") for name in names]
+    if not all(values):
+        log.warning("twilio.malformed", required=names, fields=sorted(form))
+        raise web.HTTPBadRequest(reason=f"{' and '.join(names)} are required")
+    return values
+
+
+def _customer_at(extras: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(extras["customer_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _attachments(form: MultiDictProxy[Any]) -> tuple[Attachment, ...]:
+    """`NumMedia` items of `MediaUrl{N}`/`MediaContentType{N}`, N from 0 (at most 10)."""
+    count = str(form.get("NumMedia", "0"))
+    attachments = []
+    for index in range(min(int(count), 10) if count.isdigit() else 0):
+        url, mime_type = form.get(f"MediaUrl{index}"), form.get(f"MediaContentType{index}")
+        if not url:
+            continue
+        major = str(mime_type or "").partition("/")[0]
+        kind = major if major in ("image", "audio", "video") else "document"
+        attachments.append(Attachment(kind=kind, url=str(url), mime_type=mime_type or None))
+    return tuple(attachments)
+
+
+# SMS segments (https://www.twilio.com/docs/glossary/what-sms-character-limit): GSM-7 text takes
+# 160 septets in one segment, 153 per segment once concatenated, and the extension characters
+# (^ { } \ [ ] ~ | €) take two septets each; one character outside GSM-7 makes the whole message
+# UCS-2: 70 UTF-16 code units in one segment, 67 once concatenated (an emoji outside the BMP
+# takes two units).
+_GSM_SINGLE, _GSM_PART = 160, 153
+_UCS2_SINGLE, _UCS2_PART = 70, 67
+_WORD = re.compile(r"(\s*)(\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Size:
+    septets: int | None  # None: some character needs UCS-2
+    units: int  # UTF-16 code units
+
+    @classmethod
+    def of(cls, text: str) -> _Size:
+        try:
+            septets: int | None = len(text.encode("gsm03.38"))
+        except UnicodeEncodeError:
+            septets = None
+        return cls(septets, len(text.encode("utf-16-le")) // 2)
+
+    def __add__(self, other: _Size) -> _Size:
+        septets = (
+            None if self.septets is None or other.septets is None else self.septets + other.septets
+        )
+        return _Size(septets, self.units + other.units)
+
+    def segments(self) -> int:
+        if self.septets is not None:
+            size, single, part = self.septets, _GSM_SINGLE, _GSM_PART
+        else:
+            size, single, part = self.units, _UCS2_SINGLE, _UCS2_PART
+        return 1 if size <= single else -(-size // part)
+
+
+def split_sms(text: str, max_segments: int) -> list[str]:
+    """Cut `text` into messages of at most `max_segments` SMS segments each, between words.
+
+    The rule, and why: a phone reassembles the segments of one message, so the segment
+    boundaries inside a message are never seen, while a break between two messages is (and
+    separate messages may even arrive out of order); so breaks fall between words, and as few
+    as possible. Long concatenations deliver less reliably (Twilio advises about 320
+    characters: https://www.twilio.com/docs/glossary/what-sms-character-limit), so a message
+    holds at most `max_segments` segments (default 3: 459 GSM-7 characters or 201 UCS-2
+    units), and it is filled up to that budget, as each segment is billed whole. Each message
+    is measured on its own: one UCS-2 character makes only its own message UCS-2. Only a word
+    longer than a whole message is cut inside. At most 10 segments keeps a message under
+    Twilio's 1,600 characters.
+    """
+    pieces: list[tuple[str, str]] = []
+    for space, word in _WORD.findall(text):
+        if _Size.of(word).segments() <= max_segments:
+            pieces.append((space, word))
+        else:
+            parts = _pack([("", char) for char in word], max_segments)
+            pieces.extend((space if i == 0 else "", part) for i, part in enumerate(parts))
+    return _pack(pieces, max_segments)
+
+
+def _pack(pieces: list[tuple[str, str]], max_segments: int) -> list[str]:
+    """Greedily join (leading space, word) pieces into messages within `max_segments`."""
+    messages: list[str] = []
+    current, size = "", _Size(0, 0)
+    for space, word in pieces:
+        if current:
+            grown = size + _Size.of(space + word)
+            if grown.segments() <= max_segments:
+                current, size = current + space + word, grown
+                continue
+            messages.append(current)
+        current, size = word, _Size.of(word)
+    if current:
+        messages.append(current)
+    return messages
+
+
+class _SafeRetryHttpClient(AsyncTwilioHttpClient):
+    """The SDK's aiohttp client, retrying only requests Twilio cannot have acted on.
+
+    Twilio's Messages create has no idempotency key: retrying a request Twilio had accepted
+    texts the customer twice. Retried, after their Retry-After: 429 (error 20429 "aren't
+    processed and are safe to retry", https://www.twilio.com/docs/api/errors/20429) and 503 (the
+    server could not handle the request, RFC 9110 §15.6.4); and a connection that never opened.
+    Not retried: other 5xx and timeouts, which can come after the message was queued. (The
+    SDK's own `max_retries` retries every 5xx, hence this subclass.)
+    """
+
+    def __init__(self, *, timeout: float, attempts: int) -> None:
+        super().__init__(timeout=timeout)
+        self._attempts = attempts
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  (the SDK's signature)
+        allow_redirects: bool = False,
+    ) -> Response:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=_retry_after,
+            retry=retry_if_result(_refused) | retry_if_exception_type(aiohttp.ClientConnectorError),
+            retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            before_sleep=_log_retry,
+        )
+        if auth is not None:
+            # The SDK passes aiohttp a BasicAuth, deprecated since aiohttp 3.14; same header.
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
+        return await retrying(
+            super().request,
+            method,
+            url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=None,
+            # The async client ignores the timeout it was built with (the sync one applies it).
+            timeout=timeout or self.timeout,
+            allow_redirects=allow_redirects,
+        )
+
+
+_BACKOFF = wait_random_exponential(multiplier=0.5, max=8)
+
+
+def _refused(response: Response) -> bool:
+    return response.status_code in (429, 503)
+
+
+def _retry_after(state: RetryCallState) -> float:
+    outcome = state.outcome
+    if outcome is not None and not outcome.failed:
+        value = str(outcome.result().headers.get("Retry-After", ""))
+        if value.isdigit():
+            return min(float(value), MAX_RETRY_AFTER)
+    return _BACKOFF(state)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    outcome = state.outcome
+    failed = outcome is not None and outcome.failed
+    log.warning(
+        "twilio.retry",
+        attempt=state.attempt_number,
+        status=None if failed or outcome is None else outcome.result().status_code,
+        error=type(outcome.exception()).__name__ if failed and outcome is not None else None,
+        wait=round(state.upcoming_sleep, 2),
+    )
