@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
 
-from gateway.message import Outbound
+from adapters.split import split_text
+from gateway.message import Outbound, Role, TranscriptEntry
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -51,13 +52,40 @@ class Adapter(ABC):
     async def close(self) -> None:
         """Release the clients `send` uses (HTTP sessions); called once when the runtime closes."""
 
+    def split(self, text: str) -> list[str]:
+        """Cut a reply into the messages `send` delivers; channels with richer rules override it."""
+        return split_text(text, self.capabilities.text_limit)
+
     @abstractmethod
     async def send(self, outbound: Outbound) -> None:
-        """Deliver one message (already split to `capabilities.text_limit`) to the customer."""
+        """Deliver one message (one part of `split`) to the customer."""
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
 
+    async def report_undelivered(
+        self, conversation: str, status: str, detail: str, provider_message_id: str | None
+    ) -> None:
+        """A reply found undelivered after the fact (a status callback, a bounce, a held
+        WhatsApp reply): noted in the transcript here, and announced on the bus, where the
+        hand-off relay picks it up for the agents' thread."""
+        await self.runtime.store.append(
+            conversation, TranscriptEntry(role=Role.SYSTEM, text=detail)
+        )
+        await self.runtime.bus.broadcast(
+            DELIVERY_TOPIC,
+            {
+                "conversation": conversation,
+                "channel": self.name,
+                "status": status,
+                "detail": detail,
+                "provider_message_id": provider_message_id,
+            },
+        )
+
+
+# The bus topic of `Adapter.report_undelivered`.
+DELIVERY_TOPIC = "delivery"
 
 REGISTRY: dict[str, type[Adapter]] = {}
 

@@ -6,12 +6,21 @@ import asyncio
 import json
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel, SecretStr
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -37,25 +46,30 @@ def _load(path: Path | None, *, quiet: bool = False) -> GatewayConfig:
     except ConfigError as error:
         console.print(f"[red]Config error[/red] {error}")
         raise typer.Exit(2) from None
-    secrets = [
-        secret.get_secret_value()
-        for secret in (config.server.api_token, config.brain.anthropic_api_key)
-        if secret is not None
-    ]
+    secrets = list(_secret_values(config))
     configure_logging("warning" if quiet else config.logging.level, config.logging.format, secrets)
     return config
 
 
+def _secret_values(section: BaseModel) -> Iterator[str]:
+    """Every secret in the config (API token, channel tokens, ...), for the log redactor."""
+    for value in section.__dict__.values():
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
+        elif isinstance(value, BaseModel):
+            yield from _secret_values(value)
+
+
 @app.command()
 def serve(config: ConfigOption = None) -> None:
-    """Everything in one process: web, worker, and the knowledge base ingested when stale."""
+    """Everything in one process: web, worker and connectors; ingests the KB when stale."""
     from gateway.serve import run
 
     settings = _load(config)
     console.print(
         f"Web chat: [bold]http://localhost:{settings.server.port}/[/bold]  (Ctrl+C stops)"
     )
-    asyncio.run(run(settings, http=True, worker=True, ingest=True))
+    asyncio.run(run(settings, http=True, worker=True, connectors=True, ingest=True))
 
 
 @app.command()
@@ -77,16 +91,25 @@ def worker(config: ConfigOption = None) -> None:
     asyncio.run(run(settings, http=False, worker=True))
 
 
+@app.command()
+def connectors(config: ConfigOption = None) -> None:
+    """The `connectors` process type: Telegram polling, the Discord gateway, ... (run one)."""
+    from gateway.serve import run
+
+    settings = _load(config)
+    if not settings.redis_url:
+        console.print("[yellow]No REDIS_URL: connectors have no worker to feed.[/yellow]")
+    asyncio.run(run(settings, http=False, worker=False, connectors=True))
+
+
 @kb_app.command("ingest")
 def kb_ingest(
     paths: Annotated[
-        list[str] | None, typer.Argument(help="Folders or files; default: knowledge.sources.")
+        list[str] | None, typer.Argument(help="Folders, files or URLs; default: knowledge.sources.")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Ingest Markdown, MDX, text and HTML; unchanged files are skipped."""
-    from gateway.runtime import open_knowledge
-
+    """Ingest Markdown, MDX, text and HTML files and websites; unchanged ones are skipped."""
     settings = _load(config)
     sources = paths or settings.knowledge.sources
     if not sources:
@@ -96,25 +119,73 @@ def kb_ingest(
     if missing:
         console.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")
         raise typer.Exit(2)
-    knowledge = open_knowledge(settings)
+    _ingest_with_progress(settings, sources)
+
+
+@kb_app.command("crawl")
+def kb_crawl(
+    url: Annotated[str, typer.Argument(help="Start page; the pages under its folder are crawled.")],
+    max_pages: Annotated[
+        int | None, typer.Option(min=1, help="Pages at most (default: knowledge.crawl.max_pages).")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="Requests at once (default: knowledge.crawl.concurrency)"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Crawl a website (sitemap and links, robots.txt honoured) into the knowledge base.
+
+    Unchanged pages are skipped; pages that are gone (404, 410) or no longer linked are removed.
+    """
+    from brain.crawl import is_url
+
+    settings = _load(config)
+    if not is_url(url):
+        console.print(f"[red]Not a web address:[/red] {url} (give an http or https URL)")
+        raise typer.Exit(2)
+    crawl = settings.knowledge.crawl
+    crawl.max_pages = max_pages or crawl.max_pages
+    crawl.concurrency = concurrency or crawl.concurrency
+    _ingest_with_progress(settings, [url])
+
+
+def _ingest_with_progress(settings: GatewayConfig, sources: list[str]) -> None:
+    from gateway.runtime import open_knowledge
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("Ingesting", total=None)
+    crawled = 0
+    knowledge = open_knowledge(settings)
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("Ingesting", total=None)
+            crawling: TaskID | None = None
 
-        def on_progress(path: str, done: int, total: int) -> None:
-            progress.update(
-                task, completed=done, total=total, description=f"Ingesting {Path(path).name[:40]}"
-            )
+            def on_crawl(url: str, fetched: int, found: int) -> None:
+                nonlocal crawling, crawled
+                crawling = crawling if crawling is not None else progress.add_task("Crawling")
+                crawled += 1
+                description = f"Crawling {url[-40:]}"
+                progress.update(crawling, completed=fetched, total=found, description=description)
 
-        report = knowledge.ingest(sources, on_progress=on_progress)
-        progress.update(task, description="Ingested")
+            def on_progress(path: str, done: int, total: int) -> None:
+                name = Path(path).name or path
+                progress.update(
+                    task, completed=done, total=total, description=f"Ingesting {name[:40]}"
+                )
+
+            report = knowledge.ingest(sources, on_progress=on_progress, on_crawl=on_crawl)
+            progress.update(task, description="Ingested")
+    finally:
+        knowledge.close()
     console.print(
-        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        (f"{crawled} pages crawled; " if crawled else "")
+        + f"{report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged; {report.chunks} chunks in {report.seconds:.1f}s"
     )
 

@@ -43,6 +43,12 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # sys.stderr is looked up for each logger, not bound once: a caller that swaps the
+        # stream (a test runner capturing a CLI run) must not leave logging on a closed file.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)

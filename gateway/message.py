@@ -62,6 +62,7 @@ class InboundKind(StrEnum):
     RESOLVE = "resolve"
     HAND_BACK = "hand_back"
     TICK = "tick"  # a hand-off timer fell due (reminder, unclaimed ping, timeout)
+    DELIVERY = "delivery"  # a channel reported after the fact that a reply was not delivered
 
 
 class Inbound(Model):
@@ -108,6 +109,11 @@ class Action(StrEnum):
 class Reason(StrEnum):
     HUMAN_REQUESTED = "human_requested"
     LOW_CONFIDENCE = "low_confidence"
+    NEGATIVE_SENTIMENT = "negative_sentiment"
+    POLICY_RESTRICTED = "policy_restricted"  # a topic the operator reserves for people
+    ACCOUNT_ACTION = "account_action"  # something to do on the account the bot cannot do
+    REPEATED_FAILURE = "repeated_failure"
+    MODEL_UNAVAILABLE = "model_unavailable"
     EMPTY_MESSAGE = "empty_message"
     HUMAN_ACTIVE = "human_active"
     PIPELINE_ERROR = "pipeline_error"
@@ -175,6 +181,17 @@ class Conversation(BaseModel):
     # reply sent later, by an agent, is addressed and threaded like a direct answer.
     reply_thread: str | None = None
     reply_extras: dict[str, Any] = Field(default_factory=dict)
+    # The hand-off (gateway/handoff.py, gateway/relay.py): who owns it, where agents see it.
+    agent_id: str | None = None  # the owning agent's provider id
+    agent: str | None = None  # their display name
+    agent_thread_channel: str | None = None  # the console thread (AgentThread.channel, .ts)
+    agent_thread_ts: str | None = None
+    card: dict[str, Any] = Field(default_factory=dict)  # the EscalationCard, to redraw it
+    escalated_at: datetime | None = None
+    claimed_at: datetime | None = None
+    next_timer: datetime | None = None  # when the relay is due next (store.schedule)
+    reminders_sent: int = 0
+    pinged: bool = False  # the escalation channel was pinged about this unclaimed wait
 
 
 class TurnResult(Model):

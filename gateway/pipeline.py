@@ -6,14 +6,16 @@ dedupe check and every state change below are free of races within a conversatio
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import structlog
 
 from adapters.base import Adapter
-from adapters.split import split_text
 from brain.answerer import Answerer
+from brain.knowledge import Passage
+from brain.policy import PolicyGuard
 from gateway import metrics
 from gateway.config import BrainMessages
 from gateway.message import (
@@ -21,6 +23,7 @@ from gateway.message import (
     Conversation,
     Decision,
     Inbound,
+    InboundKind,
     Mode,
     Outbound,
     Reason,
@@ -28,6 +31,7 @@ from gateway.message import (
     TranscriptEntry,
     TurnResult,
 )
+from gateway.relay import Relay
 from gateway.results import TurnResults
 from gateway.store import Store
 
@@ -45,15 +49,19 @@ class Pipeline:
         *,
         store: Store,
         answerer: Answerer,
+        policy: PolicyGuard,
         adapters: Mapping[str, Adapter],
         results: TurnResults,
         messages: BrainMessages,
+        relay: Relay | None = None,
     ) -> None:
         self._store = store
         self._answerer = answerer
+        self._policy = policy
         self._adapters = adapters
         self._results = results
         self._messages = messages
+        self._relay = relay  # the human hand-off; None without an agents' console
 
     async def handle(self, message: Inbound) -> TurnResult:
         structlog.contextvars.bind_contextvars(
@@ -72,6 +80,11 @@ class Pipeline:
         if await self._store.is_processed(message.dedupe_key):
             log.info("pipeline.duplicate", provider_message_id=message.provider_message_id)
             return _result(message, Decision(action=Action.ANSWER), (), duplicate=True)
+        # Agents' events, hand-off timers and delivery reports go to the relay: no bot turn.
+        if message.kind is not InboundKind.CUSTOMER:
+            return await self._relay_event(message)
+        # Retrieval starts at once and runs while the state and transcript load.
+        retrieval = asyncio.create_task(self._answerer.retrieve(message))
 
         # 2. State and transcript. A message a dead worker left half-done is already recorded
         #    (it is necessarily the conversation's latest), so it is not recorded twice.
@@ -91,12 +104,16 @@ class Pipeline:
 
         # 3. Decide: the bot answers only while no person owns the conversation, and only
         #    once: a reply a previous attempt already sent is not worked out again.
+        if already_answered or conversation.mode is not Mode.BOT:
+            retrieval.cancel()
         if already_answered:
             decision = Decision(
                 action=Action.ANSWER,
                 explanation="Answered by an earlier attempt at this message; not sent again.",
             )
         elif conversation.mode is not Mode.BOT:
+            if self._relay is not None:
+                await self._relay.mirror(conversation, message)
             decision = Decision(
                 action=Action.HUMAN,
                 reason=Reason.HUMAN_ACTIVE,
@@ -104,7 +121,7 @@ class Pipeline:
             )
         else:
             await self._typing(message)
-            decision = await self._decide(message, conversation, history)
+            decision = await self._decide(message, conversation, history, retrieval)
 
         # 4. Send.
         replies = () if already_answered else await self._send(message, decision)
@@ -125,25 +142,48 @@ class Pipeline:
         return _result(message, decision, replies)
 
     async def _decide(
-        self, message: Inbound, conversation: Conversation, history: list[TranscriptEntry]
+        self,
+        message: Inbound,
+        conversation: Conversation,
+        history: list[TranscriptEntry],
+        retrieval: asyncio.Task[list[Passage] | None],
     ) -> Decision:
         try:
-            decision = await self._answerer.decide(message, conversation, history)
+            passages = await retrieval
+            decision = await self._answerer.decide(message, conversation, history, passages)
         except Exception:
             log.exception("pipeline.answerer_failed")
             metrics.ERRORS.labels("answer").inc()
-            return Decision(
+            decision = Decision(
                 action=Action.ESCALATE,
                 reason=Reason.PIPELINE_ERROR,
                 explanation="The answerer failed; see the logs.",
                 reply=self._messages.error,
             )
+        decision = self._within_policy(decision)
         if decision.action is Action.ESCALATE:
-            # No agent console is connected yet (the Slack hand-off), so an escalation tells
-            # the customer where a person can be reached instead of promising one.
-            reply = " ".join(filter(None, (decision.reply, self._messages.no_agents)))
-            decision = decision.model_copy(update={"reply": reply})
+            decision = await self._hand_off(conversation, decision)
         return decision
+
+    async def _hand_off(self, conversation: Conversation, decision: Decision) -> Decision:
+        """The relay opens the agents' thread and tells the customer when a person comes; with
+        no agents' console (or an unreachable one) they are told where a person can be reached."""
+        arrival = await self._relay.escalate(conversation, decision) if self._relay else None
+        reply = " ".join(filter(None, (decision.reply, arrival or self._messages.no_agents)))
+        return decision.model_copy(update={"reply": reply})
+
+    async def _relay_event(self, message: Inbound) -> TurnResult:
+        """An agent's reply or button, a hand-off timer, a delivery report: the relay acts."""
+        conversation = await self._store.load(message.conversation)
+        if self._relay is None or conversation is None:
+            log.warning("pipeline.event_dropped", kind=message.kind.value, relay=bool(self._relay))
+        else:
+            await self._relay.handle(message, conversation)
+            conversation.updated_at = datetime.now(UTC)
+            await self._store.save(conversation)
+        await self._store.mark_processed(message.dedupe_key)
+        explanation = f"{message.kind.value}: handled by the hand-off relay."
+        return _result(message, Decision(action=Action.HUMAN, explanation=explanation), ())
 
     async def _send(self, message: Inbound, decision: Decision) -> tuple[str, ...]:
         if not decision.reply:
@@ -153,7 +193,7 @@ class Pipeline:
             log.error("pipeline.no_adapter", channel=message.channel)
             metrics.ERRORS.labels("send").inc()
             return ()
-        parts = tuple(split_text(decision.reply, adapter.capabilities.text_limit))
+        parts = tuple(adapter.split(decision.reply))
         try:
             for part in parts:
                 await adapter.send(
@@ -186,6 +226,23 @@ class Pipeline:
             ),
         )
         return parts
+
+    def _within_policy(self, decision: Decision) -> Decision:
+        """A reply that breaks the operator's policy is never sent: a holding reply and an
+        escalation (so a person takes over) replace it."""
+        violation = self._policy.check(decision.reply) if decision.reply else None
+        if violation is None:
+            return decision
+        log.warning("pipeline.policy_blocked", rule=violation.rule, why=violation.why)
+        metrics.ERRORS.labels("policy").inc()
+        return Decision(
+            action=Action.ESCALATE,
+            reason=Reason.POLICY_RESTRICTED,
+            explanation=f"The reply broke the policy rule {violation.rule!r} "
+            f"({violation.why}) and was not sent.",
+            confidence=decision.confidence,
+            reply=self._messages.holding,
+        )
 
     async def _typing(self, message: Inbound) -> None:
         adapter = self._adapters.get(message.channel)

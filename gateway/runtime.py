@@ -15,14 +15,19 @@ import structlog
 
 import adapters  # noqa: F401  (registers every channel)
 from adapters.base import REGISTRY, Adapter
+from adapters.slack import slack_console
+from brain.answerer import Answerer
+from brain.claude import ClaudeAnswerer
 from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
+from brain.policy import PolicyGuard
 from gateway.bus import Bus
 from gateway.bus.memory import MemoryBus
 from gateway.bus.redis import RedisBus
 from gateway.config import GatewayConfig
 from gateway.pipeline import Pipeline
 from gateway.redis_client import connect_redis
+from gateway.relay import Relay
 from gateway.results import TurnResults
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
@@ -39,18 +44,37 @@ class Runtime:
     knowledge: KnowledgeBase
     results: TurnResults
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    answerer: Answerer = field(init=False)
+    relay: Relay | None = field(init=False)
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
         channels = self.config.channels
         enabled = [name for name in REGISTRY if getattr(channels, name).enabled]
         self.adapters = {name: REGISTRY[name](self) for name in enabled}
+        self.answerer = open_answerer(self.config, self.knowledge)
+        self.relay = self._open_relay()
         self.pipeline = Pipeline(
             store=self.store,
-            answerer=OfflineAnswerer(self.knowledge, self.config.brain),
+            answerer=self.answerer,
+            policy=PolicyGuard(self.config.brain.policy),
             adapters=self.adapters,
             results=self.results,
             messages=self.config.brain.messages,
+            relay=self.relay,
+        )
+
+    def _open_relay(self) -> Relay | None:
+        """The human hand-off, when agents have a console (a Slack bot token) and a channel."""
+        console = slack_console(self.config)
+        if console is None or self.config.handoff.escalation_channel is None:
+            return None
+        return Relay(
+            console=console,
+            store=self.store,
+            bus=self.bus,
+            adapters=self.adapters,
+            config=self.config.handoff,
         )
 
     @classmethod
@@ -91,6 +115,7 @@ class Runtime:
         finally:
             for adapter in runtime.adapters.values():
                 await adapter.close()
+            await runtime.answerer.close()
             await bus.close()
             await store.close()
             runtime.knowledge.close()
@@ -117,9 +142,19 @@ class Runtime:
         )
 
 
+def open_answerer(config: GatewayConfig, knowledge: KnowledgeBase) -> Answerer:
+    """Claude when an Anthropic API key is set (the offline answerer is its fallback), else
+    the offline answerer alone."""
+    if config.brain.anthropic_api_key is not None:
+        return ClaudeAnswerer(knowledge, config.brain)
+    return OfflineAnswerer(knowledge, config.brain)
+
+
 def open_knowledge(config: GatewayConfig) -> KnowledgeBase:
     return KnowledgeBase(
         config.data_dir,
         chroma_url=config.knowledge.chroma_url,
         collection=config.knowledge.collection,
+        embedder=config.knowledge.embedder,
+        crawl=config.knowledge.crawl,
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
@@ -29,6 +30,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test reaches a real model because the developer's shell has a key, and a CLI run
+    (which configures logging for itself) leaves the next test the logging it found."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

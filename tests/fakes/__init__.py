@@ -1,0 +1,53 @@
+"""Local fakes of the providers' servers, and helpers for the tests that drive them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.message import Conversation, Outbound
+
+
+class FakeServer:
+    """An aiohttp app on 127.0.0.1:<free port>, started and stopped by `async with`."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._server = TestServer(app, host="127.0.0.1")
+
+    async def __aenter__(self) -> FakeServer:
+        await self._server.start_server()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._server.close()
+
+    @property
+    def url(self) -> str:
+        return str(self._server.make_url("")).rstrip("/")
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until `condition()` holds; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within:g} s")
+        await asyncio.sleep(0.02)
+
+
+def agent_reply(conversation: Conversation, text: str, *, agent: str = "Dana") -> Outbound:
+    """An agent's reply as the hand-off relay sends it later: addressed from the stored
+    conversation alone (its `reply_thread` and `reply_extras`), signature already in the text."""
+    return Outbound(
+        channel=conversation.channel,
+        conversation=conversation.key,
+        text=f"{agent}: {text}",
+        role="agent",
+        author=agent,
+        thread=conversation.reply_thread,
+        extras=conversation.reply_extras,
+    )
