@@ -68,7 +68,8 @@ _HUMAN_REQUEST = re.compile("|".join(f"(?:{p})" for p in HUMAN_REQUEST_PATTERNS)
 # nothing): the words below are rarely negated in complaints.
 _STRONG = (
     "furious|outraged|ridiculous|unacceptable|disgraceful|disgusting|pathetic|useless|"
-    "incompetent|scam|worst|terrible|horrible|awful|appalling|fed up|sick of|wtf|"
+    "incompetent|scam|worst|terrible|horrible|awful|appalling|fed up|sick of|wtf|garbage|"
+    "rubbish|crap|verärgert|stinksauer|enojad[oa]|cabread[oa]|en colère|"
     "unverschämt|frechheit|lächerlich|inakzeptabel|wütend|katastrophe|betrug|nutzlos|"
     "sauer|inaceptable|ridículo|vergüenza|estafa|hart[oa]|furios[oa]|pésimo|inútil|"
     "indignante|inadmissible|inacceptable|ridicule|honte|arnaque|furieux|furieuse|"
@@ -141,13 +142,15 @@ class EscalationJudge:
                 "The customer asks for a change on their account that the bot cannot make.",
                 reply=self._messages.handover,
             )
-        earlier = [
-            upset_score(entry.text)
-            for entry in history[-2 * _RECENT_CUSTOMER_MESSAGES :]
-            if entry.role is Role.CUSTOMER
-        ][-_RECENT_CUSTOMER_MESSAGES:]
         now = upset_score(text)
-        repeated = sum(1 for score in earlier if score >= 1) if now >= 1 else 0
+        repeated = 0
+        if now >= 1:  # earlier complaints count only when this message complains too
+            earlier = [
+                upset_score(entry.text)
+                for entry in history[-2 * _RECENT_CUSTOMER_MESSAGES :]
+                if entry.role is Role.CUSTOMER
+            ][-_RECENT_CUSTOMER_MESSAGES:]
+            repeated = sum(1 for score in earlier if score >= 1)
         score = now + repeated
         if score >= self._config.sentiment_threshold:
             why = f"The customer sounds upset (score {score:g}"

@@ -143,7 +143,8 @@ class EscalationConfig(Section):
                     r"\b(charged|billed) (me )?(twice|two times|double)\b",
                     r"\b(double|over|wrongly|incorrectly)[ -]?(charged|billed)\b",
                     r"\b(unauthori[sz]ed|fraudulent) (charge|payment|transaction)",
-                    r"\b(chargeback|dispute (a|the|this) (charge|payment))\b",
+                    r"\b(chargeback|disput(e|ing) (a|the|this|that) (charge|payment))\b",
+                    r"\bnever authori[sz]ed (this|that|the|a|any) (charge|payment)",
                     r"\bdoppelt (abgebucht|belastet|berechnet)|falsch (abgebucht|berechnet)",
                     r"\bcobrad[oa] dos veces|cobro (indebido|duplicado|no autorizado)",
                     r"\b(débité|prélevé|facturé) deux fois|prélèvement (non autorisé|en double)",
@@ -162,6 +163,10 @@ class EscalationConfig(Section):
                 name="security",
                 patterns=[
                     r"\b(hacked|compromised|phishing|account takeover|stolen card)\b",
+                    r"\b(security (vulnerability|hole|flaw|issue|breach)|vulnerability|"
+                    r"data breach|exploit)\b",
+                    r"\b(sicherheitslücke|schwachstelle|vulnerabilidad|brecha de seguridad|"
+                    r"faille de sécurité|vulnérabilité)\b",
                     r"\bsomeone (else )?(logged|signed) in(to)? (to )?my\b",
                     r"\b(gehackt|kompromittiert|phishing)\b",
                     r"\b(hackead[oa]|suplantación|phishing)\b",
@@ -178,11 +183,12 @@ class EscalationConfig(Section):
                 name="account_change",
                 patterns=[
                     r"\b(can|could|would|will) you (please )?(cancel|delete|close|remove|change|"
-                    r"update|upgrade|downgrade|pause|reactivate|unlock|merge)\b",
+                    r"update|upgrade|downgrade|pause|reactivate|unlock|merge|extend|transfer)\b",
                     r"^\s*(please )?(cancel|delete|close|change|update|pause|unlock) my\b",
                     r"\b(i want|i'd like|i need) you to "
                     r"(cancel|delete|close|change|update|pause)\b",
                     r"\b(delete|close|erase) my (account|data|profile)\b",
+                    r"^\s*(please )?(change|transfer) (the )?(owner|ownership)\b",
                     r"\b(können|könnten) sie\b.{0,40}\b(kündigen|löschen|ändern|stornieren)\b",
                     r"\bbitte\b.{0,30}\b(kündigen|löschen|ändern|stornieren)\b",
                     r"\b(puede|podría|pueden|podrían)n?\b.{0,20}\b(cancelar|eliminar|borrar|"

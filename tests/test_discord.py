@@ -15,7 +15,7 @@ from adapters.discord_channel import DiscordAdapter, MessageContentIntentMissing
 from gateway.config import DiscordConfig, GatewayConfig
 from gateway.message import Outbound, conversation_key
 from gateway.runtime import Runtime
-from tests.fakes import agent_reply, until
+from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.discord_api import (
     BOT_ID,
     CUSTOMER_ID,
@@ -205,8 +205,7 @@ async def test_agent_reply_reaches_the_discord_customer(dc: DiscordGateway) -> N
     await until(lambda: len(dc.fake.messages(GUILD_CHANNEL_ID)) == 1)
 
     key = conversation_key("discord", GUILD_CHANNEL_ID, CUSTOMER_ID)
-    conversation = await dc.runtime.store.load(key)
-    assert conversation is not None
+    conversation = await stored_conversation(dc.runtime.store, key)
     await dc.adapter.send(agent_reply(conversation, "I've refunded the Duo plan for you."))
     relayed = dc.fake.messages(GUILD_CHANNEL_ID)[-1]
     assert relayed["content"] == "Dana: I've refunded the Duo plan for you."

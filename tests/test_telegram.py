@@ -17,7 +17,7 @@ from gateway.config import GatewayConfig, TelegramConfig
 from gateway.message import Outbound, conversation_key
 from gateway.runtime import Runtime
 from gateway.server import build_app
-from tests.fakes import agent_reply, until
+from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.telegram_api import (
     BOT_ID,
     BOT_USERNAME,
@@ -248,8 +248,7 @@ async def test_agent_reply_reaches_the_telegram_customer(tg: TelegramGateway) ->
     await until(lambda: len(tg.telegram.sent()) == 1)
 
     key = conversation_key("telegram", "-1001234", "77")
-    conversation = await tg.runtime.store.load(key)
-    assert conversation is not None
+    conversation = await stored_conversation(tg.runtime.store, key)
     await tg.adapter.send(agent_reply(conversation, "I've refunded the Duo plan for you."))
     relayed = tg.telegram.sent()[-1]
     assert relayed["chat_id"] == "-1001234"

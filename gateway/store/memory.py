@@ -13,7 +13,7 @@ from gateway.message import Conversation, TranscriptEntry
 
 @dataclass(slots=True)
 class _Record:
-    conversation: Conversation | None = None
+    conversation: str | None = None  # Conversation as JSON
     transcript: list[TranscriptEntry] = field(default_factory=list)
     touched: float = 0.0
 
@@ -41,11 +41,12 @@ class MemoryStore:
         self._purge()
         record = self._records.get(key)
         # A copy, as from Redis: a turn's changes are seen by others only once it saves them.
-        conversation = record.conversation if record else None
-        return conversation.model_copy(deep=True) if conversation else None
+        # Kept as JSON because parsing it back is several times cheaper than a deep copy.
+        saved = record.conversation if record else None
+        return Conversation.model_validate_json(saved) if saved else None
 
     async def save(self, conversation: Conversation) -> None:
-        self._touch(conversation.key).conversation = conversation.model_copy(deep=True)
+        self._touch(conversation.key).conversation = conversation.model_dump_json()
 
     async def append(self, key: str, entry: TranscriptEntry) -> None:
         self._touch(key).transcript.append(entry)

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.message import Conversation, Outbound
+from gateway.store import Store
 
 
 class FakeServer:
@@ -37,6 +38,16 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within:g} s")
         await asyncio.sleep(0.02)
+
+
+async def stored_conversation(store: Store, key: str, within: float = 10.0) -> Conversation:
+    """The conversation once its turn has saved it: a turn sends its reply before it saves."""
+    deadline = time.monotonic() + within
+    while (conversation := await store.load(key)) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} not saved within {within:g} s")
+        await asyncio.sleep(0.02)
+    return conversation
 
 
 def agent_reply(conversation: Conversation, text: str, *, agent: str = "Dana") -> Outbound:
