@@ -104,18 +104,29 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
+async def flush_redis(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    await client.flushdb()
+    await client.aclose()
+
+
+async def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """For a fixture parametrized memory/redis: None (the in-process bus and store) or the
+    URL of an emptied Redis; no API token either way."""
+    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
+    if request.param == "memory":
+        return None
+    redis_url = request.getfixturevalue("redis_url")
+    await flush_redis(redis_url)
+    return redis_url
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def gateway(
     request: pytest.FixtureRequest, sample_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Gateway]:
     """The whole gateway (web and worker roles) on one backend, behind a real HTTP server."""
-    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
-    redis_url = None
-    if request.param == "redis":
-        redis_url = request.getfixturevalue("redis_url")
-        client = connect_redis(redis_url)
-        await client.flushdb()
-        await client.aclose()
+    redis_url = await backend(request, monkeypatch)
     config = GatewayConfig(data_dir=sample_data_dir, redis_url=redis_url)
     async with Runtime.open(config) as runtime:
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))

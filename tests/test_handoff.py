@@ -32,10 +32,10 @@ from gateway.message import (
     conversation_key,
     new_id,
 )
-from gateway.redis_client import connect_redis
 from gateway.relay import Relay, describe_opening, next_opening
 from gateway.runtime import Runtime
 from gateway.server import build_app
+from tests.conftest import backend, flush_redis
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 
 ESCALATIONS = "C0ESCALATE"
@@ -205,23 +205,6 @@ async def until(condition: Callable[[], Any], within: float = 10.0) -> None:
 async def _holds(condition: Callable[[], Any]) -> bool:
     outcome = condition()
     return bool(await outcome if asyncio.iscoroutine(outcome) else outcome)
-
-
-async def flush_redis(redis_url: str) -> None:
-    client = connect_redis(redis_url)
-    await client.flushdb()
-    await client.aclose()
-
-
-async def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
-    """For a fixture parametrized memory/redis: None (the in-process bus and store) or the
-    URL of an emptied Redis; no API token either way."""
-    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
-    if request.param == "memory":
-        return None
-    redis_url = request.getfixturevalue("redis_url")
-    await flush_redis(redis_url)
-    return redis_url
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -32,9 +32,9 @@ from gateway.message import (
     new_id,
     utcnow,
 )
-from gateway.redis_client import connect_redis
 from gateway.runtime import Runtime
 from gateway.server import build_app
+from tests.conftest import backend
 from tests.fakes import agent_reply
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
@@ -178,13 +178,7 @@ async def tw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[TwilioGateway]:
     """The gateway (web and worker roles) with SMS and WhatsApp on, on either backend."""
-    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
-    redis_url = None
-    if request.param == "redis":
-        redis_url = request.getfixturevalue("redis_url")
-        client = connect_redis(redis_url)
-        await client.flushdb()
-        await client.aclose()
+    redis_url = await backend(request, monkeypatch)
     async with running(twilio_config(sample_data_dir, api.url, redis_url), api) as gateway:
         yield gateway
 
