@@ -304,6 +304,10 @@ class KnowledgeBase:
             where = self._chroma_url or self._data_dir / "chroma"
             raise ConnectionError(f"Chroma is unreachable at {where}: {error}") from error
 
+    def warm_up(self) -> None:
+        """Load the embedding model now, so the first customer does not wait for it."""
+        self._embed(["warm-up"])
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         with self._embedder_lock:
             if self._embedder is None:

@@ -71,7 +71,8 @@ class Pipeline:
             result = await self._process(message)
         finally:
             structlog.contextvars.unbind_contextvars("conversation", "message")
-        metrics.observe_turn(message.channel, result)
+        if message.kind is InboundKind.CUSTOMER:  # agents' events and timers are not turns
+            metrics.observe_turn(message.channel, result)
         await self._results.publish(result)
         return result
 

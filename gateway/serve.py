@@ -38,6 +38,8 @@ async def run(
     async with Runtime.open(config) as runtime:
         if ingest:
             await runtime.ingest_if_stale()
+        if worker:  # the model loads before the first message, not within its 2 s budget
+            await asyncio.to_thread(runtime.knowledge.warm_up)
         consumer = (
             asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle)) if worker else None
         )
