@@ -160,9 +160,8 @@ class EscalationJudge:
 
     def after_answer(self, decision: Decision, conversation: Conversation) -> Decision:
         """A failed turn that makes `repeated_failures` in a row is escalated as such."""
-        failed = decision.action is Action.ESCALATE and decision.reason in _FAILURES
         limit = self._config.repeated_failures
-        if failed and conversation.failed_turns + 1 >= limit:
+        if is_failed_turn(decision) and conversation.failed_turns + 1 >= limit:
             return decision.model_copy(
                 update={
                     "reason": Reason.REPEATED_FAILURE,
@@ -174,7 +173,20 @@ class EscalationJudge:
 
 
 # Turns in which the bot failed the customer (not the ones where a person was asked for).
-_FAILURES = frozenset({Reason.LOW_CONFIDENCE, Reason.MODEL_UNAVAILABLE, Reason.REPEATED_FAILURE})
+_FAILURES = frozenset(
+    {
+        Reason.LOW_CONFIDENCE,
+        Reason.MODEL_UNAVAILABLE,
+        Reason.REPEATED_FAILURE,
+        Reason.PIPELINE_ERROR,
+    }
+)
+
+
+def is_failed_turn(decision: Decision) -> bool:
+    """The one definition of a failed turn: the pipeline counts them in a row, and the judge
+    escalates the Nth as `repeated_failure`."""
+    return decision.action is Action.ESCALATE and decision.reason in _FAILURES
 
 
 def escalate(

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
+from gateway.message import TurnResult
 
 app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
 kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
@@ -219,7 +220,7 @@ def ask(
         console.print(f"[dim]  source: {source['title']} ({source['source']})[/dim]")
 
 
-async def _ask(settings: GatewayConfig, conversation_id: str, text: str):  # type: ignore[no-untyped-def]
+async def _ask(settings: GatewayConfig, conversation_id: str, text: str) -> TurnResult:
     from gateway.message import Inbound, conversation_key
     from gateway.runtime import Runtime
 

@@ -14,6 +14,7 @@ import structlog
 
 from adapters.base import Adapter
 from brain.answerer import Answerer
+from brain.escalation import is_failed_turn
 from brain.knowledge import Passage
 from brain.policy import PolicyGuard
 from gateway import metrics
@@ -121,16 +122,17 @@ class Pipeline:
                 explanation=f"The conversation is {conversation.mode.value}; the bot stays silent.",
             )
         else:
-            await self._typing(message)
+            # Typing is shown while the brain works, not before it starts: the provider's
+            # round trip stays off the 2 s path (awaited before the reply, which follows it).
+            typing = asyncio.create_task(self._typing(message))
             decision = await self._decide(message, conversation, history, retrieval)
+            await typing
 
         # 4. Send.
         replies = () if already_answered else await self._send(message, decision)
 
         # 5. Record the outcome, then mark the message done.
-        conversation.failed_turns = (
-            conversation.failed_turns + 1 if decision.action is Action.ESCALATE else 0
-        )
+        conversation.failed_turns = conversation.failed_turns + 1 if is_failed_turn(decision) else 0
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
         await self._store.mark_processed(message.dedupe_key)

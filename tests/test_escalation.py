@@ -196,6 +196,14 @@ async def test_three_unanswerable_questions_in_a_row_escalate_as_repeated_failur
     assert reasons == ["low_confidence", "low_confidence", "repeated_failure"]
 
 
+async def test_asking_for_a_person_is_not_a_failed_turn(offline_gateway) -> None:  # type: ignore[no-untyped-def]
+    reasons = []
+    for text in ("Can I speak to a real person?", "What's the weather on Mars?", "Best pizza?"):
+        body = await offline_gateway.ask("asker", text)
+        reasons.append(body["decision"]["reason"])
+    assert reasons == ["human_requested", "low_confidence", "low_confidence"]
+
+
 def test_gateway_ask_json_carries_the_decision_with_reason_and_sources(
     sample_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
