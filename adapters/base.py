@@ -1,47 +1,52 @@
-"""The narrow interface every channel implements, and the registry from config key to adapter.
+"""The defaults every channel shares: its config section and context, no routes, no
+connection, no typing indicator, splitting at the channel's text limit.
 
-An adapter translates at the edge: provider payload in, one `Inbound` out (published on the
-bus); one `Outbound` in, provider API call out. It declares what its channel can do, and the
-pipeline adapts to that; adapters never branch on each other.
+A channel subclasses `BaseChannel[ItsConfig]`, sets `name` (its key under `channels:`) and
+`capabilities`, and implements `send`; `gateway.channel.Channel` is what the core sees of it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 from aiohttp import web
 
-from adapters.split import split_text
-from gateway.message import Outbound, Role, TranscriptEntry
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    text_limit: int | None  # characters per message; None: no limit, never split
-    threads: bool = False
-    typing: bool = False
-    edits: bool = False
-    media: bool = False
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import Section
+from gateway.message import Outbound
+from gateway.split import split_text
 
 
-class Adapter(ABC):
-    """One channel. Subclasses set `name` and `capabilities` and register themselves."""
+class ChannelSection(Section):
+    """A channel's section under `channels:`; channels with credentials are off by default."""
 
+    enabled: bool = False
+
+
+class ChannelToggle(ChannelSection):
+    """The section of a channel that needs nothing to run: on unless switched off."""
+
+    enabled: bool = True
+
+
+ConfigT = TypeVar("ConfigT", bound=ChannelSection)
+
+
+class BaseChannel(ABC, Generic[ConfigT]):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, config: ConfigT, context: ChannelContext) -> None:
+        self.config = config
+        self.context = context
 
     def routes(self) -> list[web.RouteDef]:
-        """HTTP routes (webhooks, pages) mounted on the `web` process."""
         return []
+
+    @property
+    def connects(self) -> bool:
+        return type(self).start is not BaseChannel.start
 
     async def start(self) -> None:
         """Open long-lived provider connections (connectors role); HTTP-only channels need none."""
@@ -53,7 +58,6 @@ class Adapter(ABC):
         """Release the clients `send` uses (HTTP sessions); called once when the runtime closes."""
 
     def split(self, text: str) -> list[str]:
-        """Cut a reply into the messages `send` delivers; channels with richer rules override it."""
         return split_text(text, self.capabilities.text_limit)
 
     @abstractmethod
@@ -62,38 +66,3 @@ class Adapter(ABC):
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
-
-    async def report_undelivered(
-        self, conversation: str, status: str, detail: str, provider_message_id: str | None
-    ) -> None:
-        """A reply found undelivered after the fact (a status callback, a bounce, a held
-        WhatsApp reply): noted in the transcript here, and announced on the bus, where the
-        hand-off relay picks it up for the agents' thread."""
-        await self.runtime.store.append(
-            conversation, TranscriptEntry(role=Role.SYSTEM, text=detail)
-        )
-        await self.runtime.bus.broadcast(
-            DELIVERY_TOPIC,
-            {
-                "conversation": conversation,
-                "channel": self.name,
-                "status": status,
-                "detail": detail,
-                "provider_message_id": provider_message_id,
-            },
-        )
-
-
-# The bus topic of `Adapter.report_undelivered`.
-DELIVERY_TOPIC = "delivery"
-
-REGISTRY: dict[str, type[Adapter]] = {}
-
-
-def register(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
-    def decorate(cls: type[Adapter]) -> type[Adapter]:
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return decorate

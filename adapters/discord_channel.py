@@ -13,13 +13,16 @@ import asyncio
 import hashlib
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import yarl
+from pydantic import Field, SecretStr, model_validator
 
-from adapters.base import Adapter, Capabilities, register
-from gateway.message import Attachment, Inbound, Outbound, conversation_key
+from adapters.base import BaseChannel, ChannelSection
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import Seconds, secret
+from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
 
 with warnings.catch_warnings():
     # discord.py's voice player imports the stdlib `audioop`, deprecated since Python 3.11
@@ -29,8 +32,6 @@ with warnings.catch_warnings():
     from discord.gateway import DiscordWebSocket
     from discord.http import HTTPClient, Route, handle_message_parameters
 
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,20 @@ ALLOWED_MENTIONS = discord.AllowedMentions(
     everyone=False, users=False, roles=False, replied_user=True
 )
 _ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+
+
+class DiscordConfig(ChannelSection):
+    bot_token: SecretStr | None = Field(default_factory=lambda: secret("DISCORD_BOT_TOKEN"))
+    api_url: str = "https://discord.com/api/v10"
+    watchdog_seconds: Seconds = Field(
+        default=900.0, description="no gateway event for this long: force a reconnect (resume)"
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> DiscordConfig:
+        if self.enabled and self.bot_token is None:
+            raise ValueError("bot_token is required when enabled (set DISCORD_BOT_TOKEN)")
+        return self
 
 
 class MessageContentIntentMissing(RuntimeError):
@@ -55,14 +70,13 @@ class MessageContentIntentMissing(RuntimeError):
         )
 
 
-@register(CHANNEL)
-class DiscordAdapter(Adapter):
+class DiscordChannel(BaseChannel[DiscordConfig]):
+    name = CHANNEL
     # 2000 characters of content: https://discord.com/developers/docs/resources/message#create-message
-    capabilities = Capabilities(text_limit=2000, threads=True, typing=True, media=True)
+    capabilities = Capabilities(text_limit=2000, typing=True)
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self._config = config = runtime.config.channels.discord
+    def __init__(self, config: DiscordConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
         if config.bot_token is None:  # the config refuses an enabled channel without one
             raise ValueError("channels.discord.bot_token is not set (DISCORD_BOT_TOKEN)")
         self._token = config.bot_token.get_secret_value()
@@ -171,7 +185,7 @@ class DiscordAdapter(Adapter):
         a non-1000 code keeps the session resumable, so discord.py resumes and Discord replays
         what was missed (https://discord.com/developers/docs/events/gateway#resuming); on a merely
         quiet server this costs one reconnect."""
-        limit = self._config.watchdog_seconds
+        limit = self.config.watchdog_seconds
         while True:
             await asyncio.sleep(limit / 4)
             silent = time.monotonic() - self._last_event
@@ -189,13 +203,13 @@ class DiscordAdapter(Adapter):
         if inbound is None:
             return
         async with self._publishing:
-            await self.runtime.bus.publish(inbound)
+            await self.context.publish(inbound)
 
 
 class _GatewayClient(discord.Client):
     """discord.py's client with the gateway events the adapter needs."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: DiscordChannel) -> None:
         intents = discord.Intents.default()
         # Privileged: without it guild messages arrive with empty content. https://discord.com/developers/docs/events/gateway#message-content-intent
         intents.message_content = True
@@ -269,7 +283,7 @@ def _kind(content_type: str | None) -> str:
 
 def _channel_id(conversation: str) -> int:
     """The channel (or thread) id is the key's first scope part: `discord:<channel>[:<user>]`."""
-    return int(conversation.split(":")[1])
+    return int(ConversationKey.parse(conversation).scope[0])
 
 
 def _nonce(outbound: Outbound) -> str | None:

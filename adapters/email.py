@@ -31,7 +31,6 @@ import binascii
 import contextlib
 import hashlib
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email import policy
@@ -39,14 +38,14 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import aioimaplib
 import aiosmtplib
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailparser_reply import EmailReplyParser
-from redis.asyncio import Redis
+from pydantic import Field, SecretStr, model_validator
 from selectolax.lexbor import LexborHTMLParser
 from tenacity import (
     AsyncRetrying,
@@ -56,22 +55,20 @@ from tenacity import (
     wait_exponential,
 )
 
-from adapters.base import Adapter, Capabilities, register
+from adapters.base import BaseChannel, ChannelSection
 from adapters.markup import to_plain
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import Seconds, Section, secret
 from gateway.message import (
     Attachment,
+    ConversationKey,
     Inbound,
     Outbound,
     Role,
-    TranscriptEntry,
     conversation_key,
     utcnow,
 )
-from gateway.redis_client import connect_redis
-
-if TYPE_CHECKING:
-    from gateway.config import EmailConfig
-    from gateway.runtime import Runtime
+from gateway.topics import DeliveryReport
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +102,62 @@ _HTML_BLOCKS = "p,div,li,tr,h1,h2,h3,h4,h5,h6,table,ul,ol,pre,section,article"
 _ATTACHMENT_KINDS = {"image": "image", "audio": "audio", "video": "video"}
 
 
+class ImapConfig(Section):
+    """The mailbox the connectors process reads (IDLE when the server has it, else polling)."""
+
+    host: str
+    port: int = Field(default=993, ge=1, le=65535)
+    # Implicit TLS (IMAPS, 993); aioimaplib has no STARTTLS, so `false` is plaintext (loopback).
+    tls: bool = True
+    user: str
+    password: SecretStr | None = Field(default_factory=lambda: secret("EMAIL_IMAP_PASSWORD"))
+    folder: str = "INBOX"
+    poll_interval: Seconds = Field(default=60.0, description="when the server has no IDLE")
+    timeout: Seconds = Field(default=30.0, description="per IMAP command")
+
+
+class SmtpConfig(Section):
+    """Where replies are sent."""
+
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["starttls", "tls", "none"] = "starttls"  # tls: implicit TLS (usually 465)
+    user: str | None = None
+    password: SecretStr | None = Field(default_factory=lambda: secret("EMAIL_SMTP_PASSWORD"))
+    timeout: Seconds = Field(default=30.0, description="per SMTP exchange")
+    send_attempts: int = Field(default=4, ge=1, le=10, description="tries on a 4xx or a drop")
+
+
+class SmtpListenConfig(Section):
+    """Direct delivery: an SMTP server in the connectors process (behind your MX)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=1, le=65535)
+    max_size: int = Field(default=10_000_000, ge=1024, description="bytes per message")
+
+
+class EmailConfig(ChannelSection):
+    from_address: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    from_name: str | None = None
+    imap: ImapConfig | None = None  # unset: no mailbox is read
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    smtp_listen: SmtpListenConfig | None = None  # unset: no SMTP listener
+    # Loop protection on top of the auto-reply headers (RFC 3834 §2): bot replies per sender.
+    max_replies_per_sender: int = Field(default=10, ge=1)
+    reply_window: Seconds = Field(default=3600.0, description="seconds the reply count covers")
+    # Languages whose "On ... wrote:" / "Sent from my ..." lines mark quoted history
+    # (mail-parser-reply's codes: en, de, fr, es, it, nl, pl, sv, da, cs, ja, ko, zh).
+    quote_languages: list[str] = Field(default_factory=lambda: ["en", "de", "fr", "es"])
+
+    @model_validator(mode="after")
+    def _usable(self) -> EmailConfig:
+        if self.enabled and not self.from_address:
+            raise ValueError("from_address is required when enabled")
+        if self.imap is not None and self.imap.password is None:
+            raise ValueError("imap.password is required (set EMAIL_IMAP_PASSWORD)")
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class Bounce:
     """A delivery status notification (RFC 3464) about one of our replies."""
@@ -127,29 +180,24 @@ class ReplyLimited(Exception):
     """A bot reply refused by the per-sender cap (`channels.email.max_replies_per_sender`)."""
 
 
-@register(CHANNEL)
-class EmailAdapter(Adapter):
-    capabilities = Capabilities(text_limit=None, threads=True)
+class EmailChannel(BaseChannel[EmailConfig]):
+    name = CHANNEL
+    capabilities = Capabilities(text_limit=None)
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self._config: EmailConfig = runtime.config.channels.email
-        if not self._config.from_address:  # the config refuses an enabled channel without one
+    def __init__(self, config: EmailConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
+        if not self.config.from_address:  # the config refuses an enabled channel without one
             raise ValueError("channels.email.from_address is not set")
-        self._from_address = self._config.from_address
+        self._from_address = self.config.from_address
         self._domain = self._from_address.rsplit("@", 1)[1]
-        self._max_chars = runtime.config.server.max_message_chars
-        redis = connect_redis(runtime.config.redis_url) if runtime.config.redis_url else None
-        self._limit = ReplyLimit(
-            redis, self._config.max_replies_per_sender, self._config.reply_window
-        )
+        self._max_chars = context.limits.max_message_chars
         self._mailbox: asyncio.Task[None] | None = None
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> None:
-        if self._config.imap is not None:
+        if self.config.imap is not None:
             self._mailbox = asyncio.create_task(self._watch_mailbox(), name="email-imap")
-        listen = self._config.smtp_listen
+        listen = self.config.smtp_listen
         if listen is not None:
             loop = asyncio.get_running_loop()
             self._listener = await loop.create_server(
@@ -174,21 +222,27 @@ class EmailAdapter(Adapter):
             await self._listener.wait_closed()
             self._listener = None
 
-    async def close(self) -> None:
-        await self._limit.close()
-
     async def send(self, outbound: Outbound) -> None:
         address, root = _key_parts(outbound.conversation)
-        bot = outbound.role == "bot"
-        if bot and not await self._limit.allow(address):
+        bot = outbound.role is Role.BOT
+        if bot and not await self._allowed(address):
             log.warning("email.reply_limited", conversation=outbound.conversation)
             raise ReplyLimited(
-                f"{self._config.max_replies_per_sender} bot replies to this sender "
-                f"within {self._config.reply_window:g} s already"
+                f"{self.config.max_replies_per_sender} bot replies to this sender "
+                f"within {self.config.reply_window:g} s already"
             )
         mail = self._compose(outbound, address, root, bot=bot)
         await self._deliver(mail.as_bytes(policy=SMTP_POLICY), address)
         log.info("email.sent", conversation=outbound.conversation, message_id=mail["Message-ID"])
+
+    async def _allowed(self, address: str) -> bool:
+        """Loop protection on top of the auto-reply headers: bot replies per sender, counted
+        across every worker on the same store."""
+        config = self.config
+        sender = f"email-replies:{address}"
+        return await self.context.within_quota(
+            sender, config.max_replies_per_sender, config.reply_window
+        )
 
     async def receive(self, raw: bytes, *, envelope_sender: str | None = None) -> None:
         """Publish one mail, or note why it is not answered. Raises only when the bus or the
@@ -199,14 +253,14 @@ class EmailAdapter(Adapter):
                 raw,
                 own_address=self._from_address,
                 envelope_sender=envelope_sender,
-                quote_languages=self._config.quote_languages,
+                quote_languages=self.config.quote_languages,
                 max_chars=self._max_chars,
             )
         except Exception:  # a parser bug must not stop the mailbox; the mail stays in it
             log.exception("email.unreadable", size=len(raw))
             return
         if isinstance(result, Inbound):
-            await self.runtime.bus.publish(result)
+            await self.context.publish(result)
             log.info(
                 "email.received",
                 conversation=result.conversation,
@@ -218,8 +272,7 @@ class EmailAdapter(Adapter):
             await self._record(result.conversation, result)
 
     async def _record(self, key: str, skipped: Skipped) -> None:
-        store = self.runtime.store
-        if await store.load(key) is None:
+        if await self.context.conversation(key) is None:
             return  # not one of our conversations: nothing to note it in
         bounce = skipped.bounce
         if bounce is None:
@@ -228,16 +281,23 @@ class EmailAdapter(Adapter):
             text = f"Email reply {bounce.action}: {bounce.detail}"
         else:
             detail = f"Email reply not delivered: {bounce.detail}"
-            await self.report_undelivered(key, "failed", detail, bounce.message_id)
+            report = DeliveryReport(
+                conversation=key,
+                channel=CHANNEL,
+                status="failed",
+                detail=detail,
+                provider_message_id=bounce.message_id,
+            )
+            await self.context.report_undelivered(report)
             return
-        await store.append(key, TranscriptEntry(role=Role.SYSTEM, text=text))
+        await self.context.note(key, text)
 
     def _compose(self, outbound: Outbound, address: str, root: str, *, bot: bool) -> EmailMessage:
         extras = outbound.extras
         parent: str | None = extras.get("message_id")
         references = [*extras.get("references", ()), parent] if parent else [root]
         mail = EmailMessage()
-        mail["From"] = formataddr((self._config.from_name or "", self._from_address))
+        mail["From"] = formataddr((self.config.from_name or "", self._from_address))
         mail["To"] = address
         mail["Subject"] = reply_subject(extras.get("subject", ""))
         mail["Date"] = format_datetime(utcnow())
@@ -255,7 +315,7 @@ class EmailAdapter(Adapter):
     async def _deliver(self, raw: bytes, recipient: str) -> None:
         """Sent with one Message-ID across attempts; retried on a 4xx or a dropped link only
         (https://datatracker.ietf.org/doc/html/rfc5321#section-4.2.1: 4yz is transient)."""
-        smtp = self._config.smtp
+        smtp = self.config.smtp
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=wait_exponential(multiplier=1, max=30),
@@ -296,7 +356,7 @@ class EmailAdapter(Adapter):
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _mailbox_session(self, connected: Callable[[], None]) -> None:
-        imap = self._config.imap
+        imap = self.config.imap
         assert imap is not None and imap.password is not None
         kind = aioimaplib.IMAP4_SSL if imap.tls else aioimaplib.IMAP4
         client = kind(host=imap.host, port=imap.port, timeout=imap.timeout)
@@ -331,7 +391,7 @@ class EmailAdapter(Adapter):
 class _Delivery:
     """aiosmtpd handler: 250 once the mail is on the bus, 451 (retry later) if that failed."""
 
-    def __init__(self, adapter: EmailAdapter) -> None:
+    def __init__(self, adapter: EmailChannel) -> None:
         self._adapter = adapter
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -343,42 +403,6 @@ class _Delivery:
             log.exception("email.listener_failed")
             return "451 4.3.0 Temporary failure, please retry"
         return "250 2.0.0 OK"
-
-
-class ReplyLimit:
-    """At most `count` bot replies per sender per fixed window. In Redis when the gateway runs
-    on Redis, so every worker counts together; in memory otherwise (one process)."""
-
-    def __init__(self, redis: Redis | None, count: int, window: float) -> None:
-        self._redis = redis
-        self._count = count
-        self._window = window
-        self._windows: dict[str, tuple[float, int]] = {}  # address -> (window start, count)
-
-    async def allow(self, address: str) -> bool:
-        if self._redis is not None:
-            key = f"email:replies:{hashlib.sha256(address.encode()).hexdigest()}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, 0, px=int(self._window * 1000), nx=True)
-                pipe.incr(key)
-                _, count = await pipe.execute()
-            return int(count) <= self._count
-        now = time.monotonic()
-        start, count = self._windows.get(address, (now, 0))
-        if now - start >= self._window:
-            start, count = now, 0
-        if count >= self._count:
-            return False
-        self._windows[address] = (start, count + 1)
-        if len(self._windows) > 10_000:  # forget senders whose window has passed
-            self._windows = {
-                key: value for key, value in self._windows.items() if now - value[0] < self._window
-            }
-        return True
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 # Reading mail
@@ -639,9 +663,10 @@ def _ids(message: Message, name: str) -> list[str]:
 
 def _key_parts(conversation: str) -> tuple[str, str]:
     """The customer's address and the thread root back from a conversation key."""
-    channel, address, root = conversation.split(":", 2)
-    if channel != CHANNEL:
+    key = ConversationKey.parse(conversation, parts=2)
+    if key.channel != CHANNEL or len(key.scope) != 2:
         raise ValueError(f"not an email conversation: {conversation!r}")
+    address, root = key.scope
     return address, root
 
 

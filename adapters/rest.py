@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.base import Adapter, Capabilities, register
+from adapters.base import BaseChannel, ChannelToggle
+from gateway.channel import Capabilities
 from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
 
 CHANNEL = "rest"
@@ -30,8 +31,8 @@ class MessageRequest(BaseModel):
     sender: str | None = Field(default=None, max_length=200)
 
 
-@register(CHANNEL)
-class RestAdapter(Adapter):
+class RestChannel(BaseChannel[ChannelToggle]):
+    name = CHANNEL
     capabilities = Capabilities(text_limit=None)
 
     def routes(self) -> list[web.RouteDef]:
@@ -50,7 +51,7 @@ class RestAdapter(Adapter):
             payload = MessageRequest.model_validate(body)
         except ValidationError as exc:
             raise _unprocessable(exc) from None
-        limit = self.runtime.config.server.max_message_chars
+        limit = self.context.limits.max_message_chars
         if len(payload.text) > limit:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=limit,
@@ -65,11 +66,10 @@ class RestAdapter(Adapter):
             text=payload.text,
             provider_message_id=request.headers.get("Idempotency-Key") or new_id(),
         )
-        runtime = self.runtime
-        with runtime.results.expect(message.id) as result:
-            await runtime.bus.publish(message)
+        with self.context.await_result(message.id) as result:
+            await self.context.publish(message)
             try:
-                turn = await asyncio.wait_for(result, runtime.config.pipeline.reply_timeout)
+                turn = await asyncio.wait_for(result, self.context.limits.reply_timeout)
             except TimeoutError:
                 return web.json_response(
                     {"conversation_id": payload.conversation_id, "status": "processing"},
@@ -89,11 +89,10 @@ class RestAdapter(Adapter):
         self._authorize(request)
         conversation_id = request.match_info["conversation_id"]
         key = conversation_key(CHANNEL, conversation_id)
-        store = self.runtime.store
-        conversation = await store.load(key)
+        conversation = await self.context.conversation(key)
         if conversation is None:
             raise web.HTTPNotFound(reason=f"no conversation {conversation_id!r}")
-        transcript = await store.transcript(key)
+        transcript = await self.context.transcript(key)
         return web.json_response(
             {
                 "conversation_id": conversation_id,
@@ -106,7 +105,7 @@ class RestAdapter(Adapter):
         )
 
     def _authorize(self, request: web.Request) -> None:
-        token = self.runtime.config.server.api_token
+        token = self.context.limits.api_token
         if token is None:
             return
         given = request.headers.get("Authorization", "")

@@ -17,19 +17,18 @@ Messages are routed by where they are written:
   message; the bot answers in a thread;
 - anything else (an escalation channel outside its threads, other bots, edits): ignored.
 
-`SlackConsole` is the agents' console (`gateway.console.AgentConsole`) on the same Web API;
-`slack_console(config)` builds it from the bot token alone, for the hand-off relay.
+The agents' console on the same Web API is `adapters/slack_console.py`.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import structlog
 from aiohttp import ClientConnectorError, web
+from pydantic import Field, SecretStr, model_validator
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -42,34 +41,22 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import Adapter, Capabilities, register
-from gateway.console import AgentThread, EscalationCard
+from adapters.base import BaseChannel, ChannelSection
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import secret
 from gateway.message import (
     Attachment,
+    ConversationKey,
     Inbound,
     InboundKind,
-    Mode,
     Outbound,
-    Role,
-    TranscriptEntry,
     conversation_key,
 )
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig, SlackConfig
-    from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "slack"
 EVENTS_PATH = "/slack/events"
-
-# Transcripts longer than this go to the thread as a file: a section block holds 3,000
-# characters (https://docs.slack.dev/reference/block-kit/blocks/section-block) and a message
-# over ~4,000 is hard to read, so a long one is better downloaded than scrolled.
-TRANSCRIPT_INLINE_CHARS = 3_500
-SECTION_CHARS = 2_900  # of escaped text in a section (3,000 at most), leaving room for a title
-FIELD_CHARS = 300  # of escaped text in a section field (2,000 at most): a name, not an essay
 
 BUTTONS = {
     "handoff_claim": InboundKind.CLAIM,
@@ -81,6 +68,30 @@ BUTTONS = {
 _PERSON_SUBTYPES = {None, "file_share", "thread_broadcast"}
 # <https://x|label>, <@U123>, <#C123|general>, <!subteam^S1|@team>: https://docs.slack.dev/messaging/formatting-message-text
 _MRKDWN_REFERENCE = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
+
+
+class SlackConfig(ChannelSection):
+    """Slack: customers by DM or @mention, and (with a bot token) the agents' console."""
+
+    # events: Slack POSTs events and button presses to /slack/events on the web process.
+    # socket: the connectors process holds a Socket Mode websocket (no public URL needed).
+    mode: Literal["events", "socket"] = "events"
+    bot_token: SecretStr | None = Field(default_factory=lambda: secret("SLACK_BOT_TOKEN"))
+    signing_secret: SecretStr | None = Field(default_factory=lambda: secret("SLACK_SIGNING_SECRET"))
+    app_token: SecretStr | None = Field(default_factory=lambda: secret("SLACK_APP_TOKEN"))
+    api_url: str = Field(default="https://slack.com/api/", description="the Web API base URL")
+
+    @model_validator(mode="after")
+    def _usable(self) -> SlackConfig:
+        if not self.enabled:
+            return self
+        if self.bot_token is None:
+            raise ValueError("bot_token is required when enabled (set SLACK_BOT_TOKEN)")
+        if self.mode == "events" and self.signing_secret is None:
+            raise ValueError("signing_secret is required in events mode (set SLACK_SIGNING_SECRET)")
+        if self.mode == "socket" and self.app_token is None:
+            raise ValueError("app_token is required in socket mode (set SLACK_APP_TOKEN)")
+        return self
 
 
 def web_client(slack: SlackConfig) -> AsyncWebClient:
@@ -100,27 +111,17 @@ def web_client(slack: SlackConfig) -> AsyncWebClient:
     )
 
 
-def slack_console(config: GatewayConfig) -> SlackConsole | None:
-    """The agents' console on the configured Slack workspace; None when no bot token is set.
-
-    It needs only the bot token, so the console works even when Slack is not a customer channel.
-    """
-    slack = config.channels.slack
-    return SlackConsole(web_client(slack)) if slack.bot_token else None
-
-
-@register(CHANNEL)
-class SlackAdapter(Adapter):
+class SlackChannel(BaseChannel[SlackConfig]):
+    name = CHANNEL
     # Slack truncates at 40,000 characters, but asks clients to keep messages to 4,000
     # (https://api.slack.com/rtm#limits); longer answers are split at paragraphs instead.
-    capabilities = Capabilities(text_limit=4000, threads=True)
+    capabilities = Capabilities(text_limit=4000)
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self._config = runtime.config.channels.slack
-        self.client = web_client(self._config)
-        events = self._config.mode == "events"
-        secret = self._config.signing_secret
+    def __init__(self, config: SlackConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
+        self.client = web_client(self.config)
+        events = self.config.mode == "events"
+        secret = self.config.signing_secret
         self._app = AsyncApp(
             client=self.client,
             signing_secret=secret.get_secret_value() if secret else None,
@@ -137,17 +138,17 @@ class SlackAdapter(Adapter):
         self._names: dict[str, str] = {}  # user id -> display name; agents are few
 
     def routes(self) -> list[web.RouteDef]:
-        if self._config.mode != "events":
+        if self.config.mode != "events":
             return []
         return [web.post(EVENTS_PATH, self._events)]
 
     async def start(self) -> None:
-        if self._config.mode != "socket" or self._config.app_token is None:
+        if self.config.mode != "socket" or self.config.app_token is None:
             return
         self._socket = AsyncSocketModeHandler(
             self._app,
-            self._config.app_token.get_secret_value(),
-            web_client=AsyncWebClient(base_url=self._config.api_url),
+            self.config.app_token.get_secret_value(),
+            web_client=AsyncWebClient(base_url=self.config.api_url),
         )
         await self._socket.connect_async()
         log.info("slack.socket_mode_connected")
@@ -197,7 +198,7 @@ class SlackAdapter(Adapter):
             return
         thread_ts = event.get("thread_ts")
         if thread_ts:
-            linked = await self.runtime.store.thread_conversation(f"{channel}:{thread_ts}")
+            linked = await self.context.thread_conversation(f"{channel}:{thread_ts}")
             if linked is not None:
                 await self._publish_agent_message(event, linked)
                 return
@@ -208,9 +209,9 @@ class SlackAdapter(Adapter):
             # workspace the app is installed in, never the sender's (shared channels mix them).
             key = conversation_key(CHANNEL, workspace, channel, thread_ts or ts)
             mentioned = event.get("type") == "app_mention"
-            if not mentioned and (not thread_ts or await self.runtime.store.load(key) is None):
+            if not mentioned and (not thread_ts or await self.context.conversation(key) is None):
                 return  # channel chatter that is not addressed to the bot
-        await self.runtime.bus.publish(
+        await self.context.publish(
             Inbound(
                 channel=CHANNEL,
                 conversation=key,
@@ -224,9 +225,9 @@ class SlackAdapter(Adapter):
 
     async def _publish_agent_message(self, event: dict[str, Any], conversation: str) -> None:
         text = _plain(event.get("text", ""))
-        prefix = self.runtime.config.handoff.note_prefix
+        prefix = self.context.limits.note_prefix
         is_note = text[: len(prefix)].casefold() == prefix.casefold()
-        await self.runtime.bus.publish(
+        await self.context.publish(
             Inbound(
                 kind=InboundKind.AGENT_NOTE if is_note else InboundKind.AGENT_REPLY,
                 channel=_customer_channel(conversation),
@@ -245,14 +246,14 @@ class SlackAdapter(Adapter):
         conversation = action.get("value", "")
         channel = body.get("container", {}).get("channel_id", "")
         parent = body.get("container", {}).get("message_ts", "")
-        linked = await self.runtime.store.thread_conversation(f"{channel}:{parent}")
+        linked = await self.context.thread_conversation(f"{channel}:{parent}")
         if kind is None or not conversation or linked != conversation:
             # An old card (its conversation expired) or a button this gateway never drew.
             log.warning("slack.stale_button", action=action.get("action_id"), thread=parent)
             await ack()
             return
         user = body["user"]["id"]
-        await self.runtime.bus.publish(
+        await self.context.publish(
             Inbound(
                 kind=kind,
                 channel=_customer_channel(conversation),
@@ -280,13 +281,13 @@ class SlackAdapter(Adapter):
 
 def _address(outbound: Outbound) -> tuple[str, str | None]:
     """The Slack channel and thread of a reply, from the key `slack:{workspace}:{channel}[:ts]`."""
-    _, _, channel, *thread = outbound.conversation.split(":")
+    _, channel, *thread = ConversationKey.parse(outbound.conversation).scope
     return channel, outbound.thread or (thread[0] if thread else None)
 
 
 def _customer_channel(conversation: str) -> str:
     """The customer's channel: a conversation key starts with it (`conversation_key`)."""
-    return conversation.split(":", 1)[0]
+    return ConversationKey.parse(conversation).channel
 
 
 def _plain(text: str, *, bot_user_id: str | None = None) -> str:
@@ -313,179 +314,3 @@ def _attachment(file: dict[str, Any]) -> Attachment:
         mime_type=mime_type,
         size=file.get("size"),
     )
-
-
-# -- the agents' console -------------------------------------------------------------------------
-
-
-class SlackConsole:
-    """`gateway.console.AgentConsole` in a Slack channel: a Block Kit card per escalation,
-    the transcript and every later line in the card's thread."""
-
-    def __init__(self, client: AsyncWebClient) -> None:
-        self.client = client
-
-    async def open_thread(self, card: EscalationCard, *, channel: str) -> AgentThread:
-        response = await self.client.chat_postMessage(
-            channel=channel, text=_card_fallback(card), blocks=card_blocks(card)
-        )
-        return AgentThread(channel=response["channel"], ts=response["ts"])
-
-    async def update_card(self, thread: AgentThread, card: EscalationCard) -> None:
-        await self.client.chat_update(
-            channel=thread.channel,
-            ts=thread.ts,
-            text=_card_fallback(card),
-            blocks=card_blocks(card),
-        )
-
-    async def post_transcript(
-        self, thread: AgentThread, entries: Sequence[TranscriptEntry]
-    ) -> None:
-        inline = "\n\n".join(_transcript_line(entry) for entry in entries)
-        if len(inline) <= TRANSCRIPT_INLINE_CHARS:
-            await self.client.chat_postMessage(
-                channel=thread.channel,
-                thread_ts=thread.ts,
-                text=inline or "_The transcript is empty._",
-                unfurl_links=False,
-            )
-            return
-        document = "\n\n".join(
-            f"[{entry.at:%Y-%m-%d %H:%M:%S} UTC] {_speaker(entry)}: {entry.text}"
-            for entry in entries
-        )
-        await self.client.files_upload_v2(
-            channel=thread.channel,
-            thread_ts=thread.ts,
-            content=document,
-            filename="transcript.txt",
-            title="Transcript",
-            initial_comment=f"The full transcript ({len(entries)} messages) is in this file.",
-        )
-
-    async def post(self, thread: AgentThread, text: str, *, mention: str | None = None) -> None:
-        """`text` is plain text (escaped here); `mention` is a user-group id (S0...)."""
-        line = escape(text)
-        if mention:
-            # https://docs.slack.dev/messaging/formatting-message-text#mentioning-groups
-            line = f"<!subteam^{mention}> {line}"
-        await self.client.chat_postMessage(
-            channel=thread.channel, thread_ts=thread.ts, text=line, unfurl_links=False
-        )
-
-
-def escape(text: str) -> str:
-    """Escape the three characters Slack mrkdwn reserves (for user-supplied text)."""
-    # https://docs.slack.dev/messaging/formatting-message-text#escaping
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def card_blocks(card: EscalationCard) -> list[dict[str, Any]]:
-    """The escalation card: who, where, why, what the bot knew and said, and the buttons."""
-    fields = {
-        "Customer": card.customer,
-        "Channel": card.customer_channel,
-        "Reason": _reason(card),
-        "Status": _status(card),
-    }
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {"type": "plain_text", "text": _clip(f"{card.customer} needs a person", 150)},
-        },
-        {
-            "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": f"*{name}*\n{_escaped(value, FIELD_CHARS)}"}
-                for name, value in fields.items()
-            ],
-        },
-    ]
-    for title, text in (
-        ("Why", card.explanation),
-        ("Summary", card.summary),
-        ("The bot's last answer", card.last_answer),
-    ):
-        if text:
-            blocks.append(_section(f"*{title}*\n{_escaped(text, SECTION_CHARS)}"))
-    if card.sources:
-        passages = "\n".join(
-            f"• {_source_link(source.title, source.source)}" for source in card.sources
-        )
-        blocks.append(_section(f"*Passages the bot used*\n{passages}"))
-    buttons = []
-    if card.mode is Mode.WAITING:
-        buttons.append(_button("Claim", "handoff_claim", card.conversation, style="primary"))
-    if card.mode is not Mode.BOT:
-        buttons.append(_button("Resolve", "handoff_resolve", card.conversation))
-        buttons.append(_button("Hand back to bot", "handoff_hand_back", card.conversation))
-    if buttons:
-        blocks.append({"type": "actions", "block_id": "handoff_actions", "elements": buttons})
-    return blocks
-
-
-def _reason(card: EscalationCard) -> str:
-    return card.reason.value.replace("_", " ") if card.reason else "escalated"
-
-
-def _status(card: EscalationCard) -> str:
-    if card.mode is Mode.HUMAN:
-        return f"Claimed by {card.agent or 'an agent'}"
-    if card.mode is Mode.WAITING:
-        return "Waiting for an agent"
-    return "Back with the bot"
-
-
-def _card_fallback(card: EscalationCard) -> str:
-    """The notification text of the card (every Block Kit message needs one)."""
-    return escape(
-        f"{card.customer} on {card.customer_channel} needs a person "
-        f"({_reason(card)}): {_status(card)}"
-    )
-
-
-def _section(mrkdwn: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}
-
-
-def _button(
-    label: str, action_id: str, conversation: str, *, style: str | None = None
-) -> dict[str, Any]:
-    button: dict[str, Any] = {
-        "type": "button",
-        "text": {"type": "plain_text", "text": label},
-        "action_id": action_id,
-        "value": conversation,
-    }
-    if style:
-        button["style"] = style
-    return button
-
-
-def _source_link(title: str, source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        return f"<{source}|{escape(title)}>"
-    return f"{escape(title)} ({escape(source)})"
-
-
-def _speaker(entry: TranscriptEntry) -> str:
-    if entry.role is Role.AGENT and entry.author:
-        return entry.author
-    return entry.role.value.capitalize()
-
-
-def _transcript_line(entry: TranscriptEntry) -> str:
-    return f"*{escape(_speaker(entry))}* · {entry.at:%H:%M} UTC\n{escape(entry.text)}"
-
-
-def _escaped(text: str, limit: int) -> str:
-    """User text escaped for mrkdwn and clipped to `limit`, never inside an `&amp;` entity."""
-    escaped = escape(text)
-    if len(escaped) <= limit:
-        return escaped
-    return re.sub(r"&[a-z]*$", "", escaped[: limit - 1]) + "…"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

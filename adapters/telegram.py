@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import TYPE_CHECKING
+import re
+from typing import Literal
 
 import structlog
 from aiogram import Bot
@@ -32,15 +33,14 @@ from aiogram.exceptions import (
 from aiogram.types import Message, ReplyParameters, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from adapters.base import Adapter, Capabilities, register
+from adapters.base import BaseChannel, ChannelSection
 from adapters.markup import to_telegram_html
-from gateway.message import Attachment, Inbound, Outbound, conversation_key
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import secret
+from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
 
 log = structlog.get_logger(__name__)
 
@@ -56,30 +56,65 @@ SEND_ATTEMPTS = 4
 MAX_RETRY_AFTER = 60
 
 
-@register(CHANNEL)
-class TelegramAdapter(Adapter):
-    # 4096 characters after entity parsing: https://core.telegram.org/bots/api#sendmessage
-    capabilities = Capabilities(text_limit=4096, threads=True, typing=True, media=True)
+# Telegram's rule for setWebhook's secret_token: https://core.telegram.org/bots/api#setwebhook
+_TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self._config = runtime.config.channels.telegram
-        token = self._config.bot_token
+
+class TelegramConfig(ChannelSection):
+    bot_token: SecretStr | None = Field(default_factory=lambda: secret("TELEGRAM_BOT_TOKEN"))
+    # webhook: Telegram POSTs updates to /telegram/webhook on the web process.
+    # polling: the connectors process long-polls getUpdates (no public URL needed).
+    mode: Literal["webhook", "polling"] = "webhook"
+    webhook_secret: SecretStr | None = Field(
+        default_factory=lambda: secret("TELEGRAM_WEBHOOK_SECRET")
+    )
+    api_url: str = "https://api.telegram.org"
+    bot_username: str | None = Field(default=None, description="default: asked once with getMe")
+
+    @model_validator(mode="after")
+    def _usable(self) -> TelegramConfig:
+        if not self.enabled:
+            return self
+        if self.bot_token is None:
+            raise ValueError("bot_token is required when enabled (set TELEGRAM_BOT_TOKEN)")
+        bot_id, _, rest = self.bot_token.get_secret_value().partition(":")
+        if not bot_id.isdigit() or not rest or any(char.isspace() for char in rest):
+            raise ValueError(
+                "bot_token is not a Telegram bot token (<bot id>:<secret> from @BotFather)"
+            )
+        if self.mode == "webhook":
+            secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+            if not _TELEGRAM_SECRET.match(secret):
+                raise ValueError(
+                    "webhook_secret is required in webhook mode: 1-256 characters of A-Z, a-z, "
+                    "0-9, _ and - (set TELEGRAM_WEBHOOK_SECRET)"
+                )
+        return self
+
+
+class TelegramChannel(BaseChannel[TelegramConfig]):
+    name = CHANNEL
+    # 4096 characters after entity parsing: https://core.telegram.org/bots/api#sendmessage
+    capabilities = Capabilities(text_limit=4096, typing=True)
+
+    def __init__(self, config: TelegramConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
+        token = self.config.bot_token
         if token is None:  # the config refuses an enabled channel without one
             raise ValueError("channels.telegram.bot_token is not set (TELEGRAM_BOT_TOKEN)")
-        api = TelegramAPIServer.from_base(self._config.api_url)
+        api = TelegramAPIServer.from_base(self.config.api_url)
         self._bot = Bot(token.get_secret_value(), session=AiohttpSession(api=api))
-        username = self._config.bot_username
+        username = self.config.bot_username
         self._username = username.lstrip("@").lower() if username else None
         self._polling: asyncio.Task[None] | None = None
 
     def routes(self) -> list[web.RouteDef]:
-        if self._config.mode != "webhook":
+        if self.config.mode != "webhook":
             return []
         return [web.post(WEBHOOK_PATH, self._webhook)]
 
     async def start(self) -> None:
-        if self._config.mode != "polling":
+        if self.config.mode != "polling":
             return  # webhook mode: Telegram pushes to the web process; polling would 409
         await self._bot.delete_webhook(drop_pending_updates=False)
         self._polling = asyncio.create_task(self._poll(), name="telegram-polling")
@@ -138,7 +173,7 @@ class TelegramAdapter(Adapter):
                 await self._bot.send_message(**params)  # type: ignore[arg-type]
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        secret = self._config.webhook_secret
+        secret = self.config.webhook_secret
         expected = secret.get_secret_value().encode() if secret else b""
         given = request.headers.get(SECRET_HEADER, "").encode()
         if not expected or not hmac.compare_digest(given, expected):
@@ -188,7 +223,7 @@ class TelegramAdapter(Adapter):
         if message is None:
             log.debug("telegram.update_ignored", update_id=update.update_id)
             return
-        await self.runtime.bus.publish(message)
+        await self.context.publish(message)
 
     async def _inbound(self, update: Update) -> Inbound | None:
         message = update.message
@@ -241,7 +276,7 @@ class TelegramAdapter(Adapter):
 
 def _chat_id(conversation: str) -> int:
     """The chat id is the key's first scope part: `telegram:<chat>` or `telegram:<chat>:<user>`."""
-    return int(conversation.split(":")[1])
+    return int(ConversationKey.parse(conversation).scope[0])
 
 
 def _strip_mention(text: str, username: str) -> str:

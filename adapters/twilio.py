@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import aiohttp
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 from multidict import MultiDictProxy
 from prometheus_client import Counter
+from pydantic import Field, SecretStr, model_validator
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -40,22 +41,20 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from adapters.base import Adapter, Capabilities, register
+from adapters.base import BaseChannel, ChannelSection
 from adapters.markup import to_plain
-from adapters.split import split_text
-from gateway.config import SmsConfig, TwilioChannelConfig, WhatsappConfig
+from gateway.channel import Capabilities, ChannelContext
+from gateway.config import Seconds, Section, env, secret
 from gateway.message import (
     Attachment,
+    ConversationKey,
     Inbound,
     Outbound,
-    Role,
-    TranscriptEntry,
     conversation_key,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+from gateway.split import split_text
+from gateway.topics import DeliveryReport
 
 log = structlog.get_logger(__name__)
 
@@ -75,19 +74,84 @@ STATUSES = Counter(
 )
 
 
-class TwilioAdapter(Adapter):
+class TwilioChannelConfig(ChannelSection):
+    """What `sms` and `whatsapp` share: each section stands alone, credentials from the env."""
+
+    account_sid: str | None = Field(default_factory=lambda: env("TWILIO_ACCOUNT_SID"))
+    auth_token: SecretStr | None = Field(default_factory=lambda: secret("TWILIO_AUTH_TOKEN"))
+    api_url: str = "https://api.twilio.com"
+    public_url: str | None = Field(
+        default=None,
+        description="scheme and host Twilio calls (https://support.example.com); webhook "
+        "signatures are checked against it, not against the URL a proxy forwards",
+    )
+    from_number: str | None = Field(default=None, description="E.164 sender, e.g. +14155550100")
+    messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
+    timeout: Seconds = Field(default=15.0, description="per REST request")
+    send_attempts: int = Field(default=4, ge=1, le=10, description="tries when Twilio says 429")
+
+    @model_validator(mode="after")
+    def _usable(self) -> TwilioChannelConfig:
+        if not self.enabled:
+            return self
+        if not self.account_sid or self.auth_token is None:
+            raise ValueError(
+                "account_sid and auth_token are required when enabled "
+                "(set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
+            )
+        if not self.public_url or not self.public_url.startswith(("https://", "http://")):
+            raise ValueError("public_url is required when enabled: the URL Twilio calls, https://…")
+        if not self.from_number and not self.messaging_service_sid:
+            raise ValueError("from_number or messaging_service_sid is required when enabled")
+        return self
+
+
+class SmsConfig(TwilioChannelConfig):
+    max_segments: int = Field(
+        default=3, ge=1, le=10, description="SMS segments per message; longer replies are split"
+    )
+
+
+class WhatsappTemplate(Section):
+    """The approved template sent when the 24-hour customer-service window is closed."""
+
+    content_sid: str = Field(pattern=r"^HX[0-9a-fA-F]{32}$")
+    # Template variable -> value; a value may use {name} (the customer's WhatsApp profile name),
+    # {agent} (who replied) and {text} (the reply).
+    content_variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> WhatsappTemplate:
+        for variable, value in self.content_variables.items():
+            try:
+                value.format(name="", agent="", text="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"content_variables.{variable}: use only {{name}}, {{agent}} and {{text}} "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+        return self
+
+
+class WhatsappConfig(TwilioChannelConfig):
+    template: WhatsappTemplate | None = None
+
+
+TwilioConfigT = TypeVar("TwilioConfigT", bound=TwilioChannelConfig)
+
+
+class TwilioChannel(BaseChannel[TwilioConfigT], Generic[TwilioConfigT]):
     """What SMS and WhatsApp share: signed webhooks, the REST send, status callbacks."""
 
     address_prefix: ClassVar[str]  # how Twilio writes this channel's addresses: "whatsapp:+1…"
     capabilities = Capabilities(text_limit=MAX_BODY)  # media in: noted; media out: not sent
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self.settings: TwilioChannelConfig = getattr(runtime.config.channels, self.name)
+    def __init__(self, config: TwilioConfigT, context: ChannelContext) -> None:
+        super().__init__(config, context)
         # The section's validator guarantees these when the channel is enabled.
-        assert self.settings.auth_token is not None and self.settings.public_url is not None
-        self._validator = RequestValidator(self.settings.auth_token.get_secret_value())
-        self._public_url = self.settings.public_url.rstrip("/")
+        assert self.config.auth_token is not None and self.config.public_url is not None
+        self._validator = RequestValidator(self.config.auth_token.get_secret_value())
+        self._public_url = self.config.public_url.rstrip("/")
         self._client: Client | None = None
         self._http: _SafeRetryHttpClient | None = None
 
@@ -123,7 +187,7 @@ class TwilioAdapter(Adapter):
             log.warning("twilio.wrong_channel", channel=self.name, sender=sender)
             raise web.HTTPBadRequest(reason=f"From {sender!r} is not a {self.name} address")
         now = utcnow()
-        await self.runtime.bus.publish(
+        await self.context.publish(
             Inbound(
                 channel=self.name,
                 conversation=conversation_key(self.name, customer),
@@ -157,19 +221,25 @@ class TwilioAdapter(Adapter):
         customer = self._customer(str(form.get("To", "")))
         if status not in FAILED_STATUSES or customer is None:
             return web.Response()
-        store = self.runtime.store
         key = conversation_key(self.name, customer)
         # A callback Twilio redelivers is reported once.
         reported = f"{self.name}:status:{message_sid}:{status}"
-        if await store.is_processed(reported):
+        if await self.context.seen(reported):
             return web.Response()
-        if await store.load(key) is None:
+        if await self.context.conversation(key) is None:
             log.warning("twilio.status_unknown_conversation", channel=self.name)
             return web.Response()
         error = f" (Twilio error {error_code})" if error_code else ""
         detail = f"Twilio reports the message to the customer {status}{error}."
-        await self.report_undelivered(key, status, detail, message_sid)
-        await store.mark_processed(reported)
+        report = DeliveryReport(
+            conversation=key,
+            channel=self.name,
+            status=status,
+            detail=detail,
+            provider_message_id=message_sid,
+        )
+        await self.context.report_undelivered(report)
+        await self.context.remember(reported)
         return web.Response()
 
     async def _verified_form(self, request: web.Request) -> MultiDictProxy[Any]:
@@ -204,12 +274,12 @@ class TwilioAdapter(Adapter):
 
     async def _create(self, outbound: Outbound, **content: str) -> None:
         """One Messages create: `content` is a `body`, or a template's `content_sid`."""
-        settings = self.settings
+        settings = self.config
         our_number = outbound.extras.get("to") or (
             f"{self.address_prefix}{settings.from_number}" if settings.from_number else None
         )
         message = await self._rest().messages.create_async(
-            to=self.address_prefix + outbound.conversation.split(":", 1)[1],
+            to=self.address_prefix + ConversationKey.parse(outbound.conversation, parts=1).scope[0],
             from_=our_number,  # None: the Messaging Service picks a sender from its pool
             messaging_service_sid=settings.messaging_service_sid,
             status_callback=f"{self._public_url}/twilio/{self.name}/status",
@@ -222,7 +292,7 @@ class TwilioAdapter(Adapter):
     def _rest(self) -> Client:
         """The SDK client, made on first send, so only processes that send open a session."""
         if self._client is None:
-            settings = self.settings
+            settings = self.config
             assert settings.auth_token is not None
             self._http = _SafeRetryHttpClient(
                 timeout=settings.timeout, attempts=settings.send_attempts
@@ -237,19 +307,17 @@ class TwilioAdapter(Adapter):
         return self._client
 
 
-@register("sms")
-class SmsAdapter(TwilioAdapter):
+class SmsChannel(TwilioChannel[SmsConfig]):
+    name = "sms"
     address_prefix = ""
-    settings: SmsConfig
 
     def _fit(self, text: str) -> list[str]:
-        return split_sms(text, self.settings.max_segments)
+        return split_sms(text, self.config.max_segments)
 
 
-@register("whatsapp")
-class WhatsappAdapter(TwilioAdapter):
+class WhatsappChannel(TwilioChannel[WhatsappConfig]):
+    name = "whatsapp"
     address_prefix = "whatsapp:"
-    settings: WhatsappConfig
 
     def split(self, text: str) -> list[str]:
         """One part: whether the reply goes out as itself or as the template is decided once,
@@ -264,13 +332,16 @@ class WhatsappAdapter(TwilioAdapter):
             return
         last = f"{(utcnow() - opened).total_seconds() / 3600:.0f} h ago" if opened else "unknown"
         closed = f"WhatsApp's 24-hour window is closed (customer's last message: {last})"
-        template = self.settings.template
+        template = self.config.template
         if template is None:
             detail = (
                 f"Reply not sent: {closed} and no template is configured "
                 f"(channels.whatsapp.template). The reply was: {outbound.text}"
             )
-            await self.report_undelivered(outbound.conversation, "held", detail, None)
+            report = DeliveryReport(
+                conversation=outbound.conversation, channel=self.name, status="held", detail=detail
+            )
+            await self.context.report_undelivered(report)
             return
         fields = {
             "name": outbound.extras.get("profile_name") or "",
@@ -286,13 +357,9 @@ class WhatsappAdapter(TwilioAdapter):
             content_sid=template.content_sid,
             content_variables=json.dumps(variables, ensure_ascii=False),
         )
-        await self.runtime.store.append(
+        await self.context.note(
             outbound.conversation,
-            TranscriptEntry(
-                role=Role.SYSTEM,
-                text=f"{closed}: sent the approved template {template.content_sid} instead of "
-                "the reply.",
-            ),
+            f"{closed}: sent the approved template {template.content_sid} instead of the reply.",
         )
 
 

@@ -14,12 +14,13 @@ import json
 import re
 from collections import defaultdict
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
 
-from adapters.base import Adapter, Capabilities, register
+from adapters.base import BaseChannel, ChannelToggle
+from gateway.channel import Capabilities, ChannelContext
 from gateway.message import (
     Inbound,
     Outbound,
@@ -28,28 +29,29 @@ from gateway.message import (
     new_id,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+from gateway.topics import WEBCHAT, WebchatFrame
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "webchat"
-TOPIC = "webchat"
 _CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CLIENT_ID = 100
 
 
-@register(CHANNEL)
-class WebchatAdapter(Adapter):
+class WebchatConfig(ChannelToggle):
+    title: str = "Support"
+
+
+class WebchatChannel(BaseChannel[WebchatConfig]):
+    name = CHANNEL
     capabilities = Capabilities(text_limit=None, typing=True)
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
+    def __init__(self, config: WebchatConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
         self._sockets: defaultdict[str, set[web.WebSocketResponse]] = defaultdict(set)
         self._sending: set[asyncio.Task[None]] = set()
-        self._page = _render_page(runtime.config.channels.webchat.title)
-        runtime.bus.subscribe(TOPIC, self._on_broadcast)
+        self._page = _render_page(config.title)
+        context.subscribe(WEBCHAT, self._on_broadcast)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self._index), web.get("/webchat/ws", self._websocket)]
@@ -57,19 +59,19 @@ class WebchatAdapter(Adapter):
     async def send(self, outbound: Outbound) -> None:
         frame = {
             "type": "reply",
-            "role": outbound.role,
+            "role": outbound.role.value,
             "text": outbound.text,
             "author": outbound.author,
             "at": utcnow().isoformat(),
             "sources": [source.model_dump() for source in outbound.sources],
         }
-        await self.runtime.bus.broadcast(
-            TOPIC, {"conversation": outbound.conversation, "frame": frame}
+        await self.context.broadcast(
+            WEBCHAT, WebchatFrame(conversation=outbound.conversation, frame=frame)
         )
 
     async def typing(self, conversation: str) -> None:
-        await self.runtime.bus.broadcast(
-            TOPIC, {"conversation": conversation, "frame": {"type": "typing"}}
+        await self.context.broadcast(
+            WEBCHAT, WebchatFrame(conversation=conversation, frame={"type": "typing"})
         )
 
     async def _index(self, _request: web.Request) -> web.Response:
@@ -81,7 +83,7 @@ class WebchatAdapter(Adapter):
         requested = request.query.get("conversation", "")
         conversation_id = requested if _CONVERSATION_ID.match(requested) else new_id()
         key = conversation_key(CHANNEL, conversation_id)
-        history = await self.runtime.store.transcript(key)
+        history = await self.context.transcript(key)
         await socket.send_json(
             {
                 "type": "hello",
@@ -109,7 +111,7 @@ class WebchatAdapter(Adapter):
             await socket.send_json({"type": "error", "message": "frames must be JSON"})
             return
         try:
-            text, client_id = _parse_frame(frame, self.runtime.config.server.max_message_chars)
+            text, client_id = _parse_frame(frame, self.context.limits.max_message_chars)
         except ValueError as problem:
             # The page marks the message it names as not delivered, instead of retrying it.
             error = {"type": "error", "message": str(problem)}
@@ -117,7 +119,7 @@ class WebchatAdapter(Adapter):
                 error["client_id"] = frame["client_id"]
             await socket.send_json(error)
             return
-        await self.runtime.bus.publish(
+        await self.context.publish(
             Inbound(
                 channel=CHANNEL,
                 conversation=key,
@@ -128,10 +130,10 @@ class WebchatAdapter(Adapter):
         )
         await socket.send_json({"type": "ack", "client_id": client_id})
 
-    def _on_broadcast(self, payload: dict[str, Any]) -> None:
-        for socket in list(self._sockets.get(payload["conversation"], ())):
+    def _on_broadcast(self, payload: WebchatFrame) -> None:
+        for socket in list(self._sockets.get(payload.conversation, ())):
             if not socket.closed:
-                task = asyncio.create_task(_send_frame(socket, payload["frame"]))
+                task = asyncio.create_task(_send_frame(socket, payload.frame))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 

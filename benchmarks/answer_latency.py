@@ -38,10 +38,11 @@ from pydantic import SecretStr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import BrainConfig, GatewayConfig, KnowledgeConfig  # noqa: E402
+from brain.config import BrainConfig, KnowledgeConfig  # noqa: E402
+from gateway.app.runtime import Runtime  # noqa: E402
+from gateway.app.settings import GatewayConfig  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 from gateway.message import Action, Inbound, Reason, TurnResult, conversation_key  # noqa: E402
-from gateway.runtime import Runtime  # noqa: E402
 
 QUESTIONS = (
     "Can I pause my subscription?",

@@ -34,9 +34,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from brain.config import BrainConfig  # noqa: E402
 from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, load_embedder  # noqa: E402
 from brain.knowledge import KnowledgeBase  # noqa: E402
-from gateway.config import BrainConfig  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 
 QUESTIONS = ROOT / "benchmarks" / "data" / "plausible_questions.yaml"
@@ -246,9 +246,10 @@ def _pct(values: list[float], percent: int) -> float:
 
 async def decide(args: argparse.Namespace, cases: list[dict], injections: list[dict]) -> None:
     from adapters.rest import answer_body
-    from gateway.config import GatewayConfig, KnowledgeConfig
+    from brain.config import KnowledgeConfig
+    from gateway.app.runtime import Runtime
+    from gateway.app.settings import GatewayConfig
     from gateway.message import Inbound, conversation_key
-    from gateway.runtime import Runtime
 
     config = GatewayConfig(
         data_dir=args.cache / args.decision_embedder,

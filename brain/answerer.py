@@ -1,4 +1,5 @@
-"""What every answerer promises the pipeline, and the steps the offline and Claude ones share.
+"""The steps the offline and Claude answerers share (`gateway.answering.Answerer` is what they
+promise the pipeline).
 
 The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
 conversation's state loads, then hands the passages to `decide`. Retrieval and the model
@@ -10,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
-from typing import Protocol
 
 import structlog
 
+from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
-from brain.knowledge import KnowledgeBase, Passage
-from gateway.config import BrainConfig
+from brain.knowledge import KnowledgeBase
+from gateway.answering import Passage
 from gateway.message import (
     Action,
     Conversation,
@@ -28,26 +29,6 @@ from gateway.message import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-class Answerer(Protocol):
-    async def retrieve(self, message: Inbound) -> list[Passage] | None:
-        """The knowledge-base passages for the message; None when the deadline ran out."""
-        ...
-
-    async def decide(
-        self,
-        message: Inbound,
-        conversation: Conversation,
-        history: list[TranscriptEntry],
-        passages: list[Passage] | None,
-    ) -> Decision:
-        """Answer the customer's message, or decide to escalate, with a reason and sources."""
-        ...
-
-    async def close(self) -> None:
-        """Release clients (HTTP connections to a model provider)."""
-        ...
 
 
 def deadline_of(message: Inbound, config: BrainConfig) -> float:

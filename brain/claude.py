@@ -24,8 +24,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.wait import wait_exponential_jitter
 
 from brain.answerer import GroundedAnswerer, deadline_of, sources_of
+from brain.config import BrainConfig
 from brain.escalation import escalate
-from brain.knowledge import KnowledgeBase, Passage
+from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from brain.prompt import (
     DECISION_TOOL,
@@ -34,7 +35,7 @@ from brain.prompt import (
     ModelDecision,
     messages_for,
 )
-from gateway.config import BrainConfig
+from gateway.answering import Passage
 from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
 
 log = structlog.get_logger(__name__)

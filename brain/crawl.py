@@ -31,7 +31,7 @@ from lxml import etree
 from selectolax.lexbor import LexborHTMLParser
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from gateway.config import CrawlConfig
+from brain.config import CrawlConfig
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.config import BrainMessages, EscalationConfig, TopicRule
+from brain.config import BrainMessages, EscalationConfig, TopicRule
 from gateway.message import (
     Action,
     Conversation,
@@ -161,7 +161,7 @@ class EscalationJudge:
     def after_answer(self, decision: Decision, conversation: Conversation) -> Decision:
         """A failed turn that makes `repeated_failures` in a row is escalated as such."""
         limit = self._config.repeated_failures
-        if is_failed_turn(decision) and conversation.failed_turns + 1 >= limit:
+        if decision.is_failed_turn and conversation.failed_turns + 1 >= limit:
             return decision.model_copy(
                 update={
                     "reason": Reason.REPEATED_FAILURE,
@@ -170,23 +170,6 @@ class EscalationJudge:
                 }
             )
         return decision
-
-
-# Turns in which the bot failed the customer (not the ones where a person was asked for).
-_FAILURES = frozenset(
-    {
-        Reason.LOW_CONFIDENCE,
-        Reason.MODEL_UNAVAILABLE,
-        Reason.REPEATED_FAILURE,
-        Reason.PIPELINE_ERROR,
-    }
-)
-
-
-def is_failed_turn(decision: Decision) -> bool:
-    """The one definition of a failed turn: the pipeline counts them in a row, and the judge
-    escalates the Nth as `repeated_failure`."""
-    return decision.action is Action.ESCALATE and decision.reason in _FAILURES
 
 
 def escalate(

@@ -30,9 +30,10 @@ import structlog
 from chromadb.config import Settings
 
 from brain.chunking import SUFFIXES, Chunk, chunk_text
+from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
-from gateway.config import CrawlConfig
+from gateway.answering import Passage
 
 log = structlog.get_logger(__name__)
 
@@ -49,17 +50,6 @@ LEGACY_SPACE = "minilm/text"
 
 EMPTY_RECHECK_SECONDS = 5.0
 SEARCH_BATCH = 32
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1."""
-
-    text: str
-    source: str
-    title: str
-    heading: str
-    score: float
 
 
 @dataclass(slots=True)

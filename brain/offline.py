@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from brain.answerer import GroundedAnswerer, sources_of
-from brain.knowledge import Passage
+from gateway.answering import Passage
 from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)

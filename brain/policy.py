@@ -14,18 +14,12 @@ A text that fails is never sent: the pipeline replaces it with a holding reply a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from brain.config import PolicyConfig
 from brain.prompt import CANARY, PROMPT_SENTENCES
-from gateway.config import PolicyConfig
+from gateway.answering import Violation
 
 _SPACE = re.compile(r"\s+")
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    rule: str
-    why: str
 
 
 class PolicyGuard:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from brain.knowledge import Passage
+from gateway.answering import Passage
 from gateway.message import Role, TranscriptEntry
 
 DECISION_TOOL_NAME = "record_decision"

@@ -7,6 +7,7 @@ Nothing past an adapter knows a provider's payload shape; provider-only details 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -23,15 +24,34 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def conversation_key(channel: str, *scope: str) -> str:
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
     """The key that isolates one customer's conversation: channel plus provider-scoped ids.
 
     Every part is provider-assigned (a chat id, a phone number, a thread id), so two
     customers never share a key, and the same customer on two channels has two keys.
+    Written `channel:part:part...`; only the last part may itself hold a colon.
     """
-    if not scope or any(not part for part in scope):
-        raise ValueError(f"conversation key for {channel!r} needs non-empty scope parts")
-    return ":".join((channel, *scope))
+
+    channel: str
+    scope: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.scope or any(not part for part in self.scope):
+            raise ValueError(f"conversation key for {self.channel!r} needs non-empty scope parts")
+
+    def __str__(self) -> str:
+        return ":".join((self.channel, *self.scope))
+
+    @classmethod
+    def parse(cls, key: str, *, parts: int | None = None) -> ConversationKey:
+        """Read a key back; `parts` scope parts at most, the last one taking the rest."""
+        channel, *scope = key.split(":", -1 if parts is None else parts)
+        return cls(channel, tuple(scope))
+
+
+def conversation_key(channel: str, *scope: str) -> str:
+    return str(ConversationKey(channel, scope))
 
 
 class Model(BaseModel):
@@ -119,6 +139,17 @@ class Reason(StrEnum):
     PIPELINE_ERROR = "pipeline_error"
 
 
+# Turns in which the bot failed the customer.
+_FAILURES = frozenset(
+    {
+        Reason.LOW_CONFIDENCE,
+        Reason.MODEL_UNAVAILABLE,
+        Reason.REPEATED_FAILURE,
+        Reason.PIPELINE_ERROR,
+    }
+)
+
+
 class Decision(Model):
     action: Action
     reason: Reason | None = None
@@ -126,6 +157,19 @@ class Decision(Model):
     confidence: float = 0.0
     sources: tuple[Source, ...] = ()
     reply: str = ""  # what the bot says to the customer; empty when it stays silent
+
+    @property
+    def is_failed_turn(self) -> bool:
+        """The one definition of a failed turn (asking for a person is not one): the pipeline
+        counts them in a row, and the judge escalates the Nth as `repeated_failure`."""
+        return self.action is Action.ESCALATE and self.reason in _FAILURES
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    BOT = "bot"
+    AGENT = "agent"
+    SYSTEM = "system"
 
 
 class Outbound(Model):
@@ -137,7 +181,7 @@ class Outbound(Model):
     in_reply_to: str | None = None  # Inbound.id
     thread: str | None = None
     author: str | None = None  # agent display name; None for the bot
-    role: str = "bot"
+    role: Role = Role.BOT
     sources: tuple[Source, ...] = ()
     extras: dict[str, Any] = Field(default_factory=dict)
 
@@ -146,13 +190,6 @@ class Mode(StrEnum):
     BOT = "bot"
     WAITING = "waiting"
     HUMAN = "human"
-
-
-class Role(StrEnum):
-    CUSTOMER = "customer"
-    BOT = "bot"
-    AGENT = "agent"
-    SYSTEM = "system"
 
 
 class TranscriptEntry(Model):

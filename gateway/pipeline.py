@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
 
-from adapters.base import Adapter
-from brain.answerer import Answerer
-from brain.escalation import is_failed_turn
-from brain.knowledge import Passage
-from brain.policy import PolicyGuard
 from gateway import metrics
-from gateway.config import BrainMessages
+from gateway.answering import Answerer, Passage, PolicyCheck
+from gateway.channel import Channel
+from gateway.delivery import deliver
 from gateway.message import (
     Action,
     Conversation,
@@ -44,24 +42,33 @@ HISTORY_TURNS = 20
 RECOVERY_WINDOW = 3
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyTexts:
+    """What the pipeline itself says (the operator writes them under `brain.messages`)."""
+
+    error: str  # the answerer failed
+    holding: str  # instead of a reply that broke the policy
+    no_agents: str  # an escalation with no agents' console to take it
+
+
 class Pipeline:
     def __init__(
         self,
         *,
         store: Store,
         answerer: Answerer,
-        policy: PolicyGuard,
-        adapters: Mapping[str, Adapter],
+        policy: PolicyCheck,
+        channels: Mapping[str, Channel],
         results: TurnResults,
-        messages: BrainMessages,
+        texts: ReplyTexts,
         relay: Relay | None = None,
     ) -> None:
         self._store = store
         self._answerer = answerer
         self._policy = policy
-        self._adapters = adapters
+        self._channels = channels
         self._results = results
-        self._messages = messages
+        self._texts = texts
         self._relay = relay  # the human hand-off; None without an agents' console
 
     async def handle(self, message: Inbound) -> TurnResult:
@@ -132,7 +139,7 @@ class Pipeline:
         replies = () if already_answered else await self._send(message, decision)
 
         # 5. Record the outcome, then mark the message done.
-        conversation.failed_turns = conversation.failed_turns + 1 if is_failed_turn(decision) else 0
+        conversation.failed_turns = conversation.failed_turns + 1 if decision.is_failed_turn else 0
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
         await self._store.mark_processed(message.dedupe_key)
@@ -161,7 +168,7 @@ class Pipeline:
                 action=Action.ESCALATE,
                 reason=Reason.PIPELINE_ERROR,
                 explanation="The answerer failed; see the logs.",
-                reply=self._messages.error,
+                reply=self._texts.error,
             )
         decision = self._within_policy(decision)
         if decision.action is Action.ESCALATE:
@@ -172,7 +179,7 @@ class Pipeline:
         """The relay opens the agents' thread and tells the customer when a person comes; with
         no agents' console (or an unreachable one) they are told where a person can be reached."""
         arrival = await self._relay.escalate(conversation, decision) if self._relay else None
-        reply = " ".join(filter(None, (decision.reply, arrival or self._messages.no_agents)))
+        reply = " ".join(filter(None, (decision.reply, arrival or self._texts.no_agents)))
         return decision.model_copy(update={"reply": reply})
 
     async def _relay_event(self, message: Inbound) -> TurnResult:
@@ -191,44 +198,17 @@ class Pipeline:
     async def _send(self, message: Inbound, decision: Decision) -> tuple[str, ...]:
         if not decision.reply:
             return ()
-        adapter = self._adapters.get(message.channel)
-        if adapter is None:
-            log.error("pipeline.no_adapter", channel=message.channel)
-            metrics.ERRORS.labels("send").inc()
-            return ()
-        parts = tuple(adapter.split(decision.reply))
-        try:
-            for part in parts:
-                await adapter.send(
-                    Outbound(
-                        channel=message.channel,
-                        conversation=message.conversation,
-                        text=part,
-                        in_reply_to=message.id,
-                        thread=message.thread,
-                        sources=decision.sources,
-                        extras=message.extras,
-                    )
-                )
-        except Exception as exc:
-            log.exception("pipeline.send_failed")
-            metrics.ERRORS.labels("send").inc()
-            await self._store.append(
-                message.conversation,
-                TranscriptEntry(
-                    role=Role.SYSTEM,
-                    text=f"Delivery to the customer failed: {type(exc).__name__}",
-                    in_reply_to=message.id,
-                ),
-            )
-            return ()
-        await self._store.append(
-            message.conversation,
-            TranscriptEntry(
-                role=Role.BOT, text=decision.reply, in_reply_to=message.id, sources=decision.sources
-            ),
+        reply = Outbound(
+            channel=message.channel,
+            conversation=message.conversation,
+            text=decision.reply,
+            in_reply_to=message.id,
+            thread=message.thread,
+            sources=decision.sources,
+            extras=message.extras,
         )
-        return parts
+        delivered = await deliver(self._channels.get(message.channel), self._store, reply)
+        return delivered.parts
 
     def _within_policy(self, decision: Decision) -> Decision:
         """A reply that breaks the operator's policy is never sent: a holding reply and an
@@ -244,15 +224,15 @@ class Pipeline:
             explanation=f"The reply broke the policy rule {violation.rule!r} "
             f"({violation.why}) and was not sent.",
             confidence=decision.confidence,
-            reply=self._messages.holding,
+            reply=self._texts.holding,
         )
 
     async def _typing(self, message: Inbound) -> None:
-        adapter = self._adapters.get(message.channel)
-        if adapter is None or not adapter.capabilities.typing:
+        channel = self._channels.get(message.channel)
+        if channel is None or not channel.capabilities.typing:
             return
         try:
-            await adapter.typing(message.conversation)
+            await channel.typing(message.conversation)
         except Exception:
             log.warning("pipeline.typing_failed", exc_info=True)
 

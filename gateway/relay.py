@@ -3,7 +3,7 @@
 The pipeline calls it for a customer's message that escalates (`escalate`) or arrives while a
 person owns the conversation (`mirror`), and for every agent event, timer tick and delivery
 report (`handle`). Agents are reached through the `AgentConsole` protocol (the Slack channel),
-customers through their channel's adapter. Everything runs inside the pipeline's turn of the
+customers through their channel. Everything runs inside the pipeline's turn of the
 conversation, so each step sees the state the previous one left, on any worker.
 
 `run` is the worker's background part: it turns due timers and delivery reports into events
@@ -17,17 +17,17 @@ import hashlib
 import textwrap
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
 from babel.dates import format_datetime, format_timedelta
 
-from adapters.base import DELIVERY_TOPIC, Adapter
-from gateway import metrics
+from gateway import metrics, topics
 from gateway.bus import Bus
-from gateway.config import BusinessHours, HandoffConfig
+from gateway.channel import Channel
 from gateway.console import AgentConsole, AgentThread, EscalationCard
+from gateway.delivery import deliver
 from gateway.handoff import Event, Rejected, State, transition
 from gateway.message import (
     Conversation,
@@ -42,6 +42,9 @@ from gateway.message import (
     utcnow,
 )
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.config import BusinessHours, HandoffConfig
 
 log = structlog.get_logger(__name__)
 
@@ -64,14 +67,14 @@ class Relay:
         console: AgentConsole,
         store: Store,
         bus: Bus,
-        adapters: Mapping[str, Adapter],
+        channels: Mapping[str, Channel],
         config: HandoffConfig,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._console = console
         self._store = store
         self._bus = bus
-        self._adapters = adapters
+        self._channels = channels
         self._config = config
         self.clock = clock  # tests fix it (business hours)
 
@@ -195,7 +198,7 @@ class Relay:
 
     async def _delivery_failed(self, conversation: Conversation, message: Inbound) -> None:
         status = message.extras.get("status", "failed")
-        # The channel already noted it in the transcript (`Adapter.report_undelivered`).
+        # The channel already noted it in the transcript (`ChannelContext.report_undelivered`).
         line = f"A message to the customer was not delivered ({status}): {message.text}"
         await self._say_in_thread(conversation, line)
 
@@ -204,8 +207,8 @@ class Relay:
     async def run(self, *, sweep_interval: float | None = None) -> None:
         """Until cancelled: publish a TICK for each due timer and a DELIVERY event for each
         delivery report broadcast by a channel (on any process)."""
-        reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._bus.subscribe(DELIVERY_TOPIC, reports.put_nowait)
+        reports: asyncio.Queue[topics.DeliveryReport] = asyncio.Queue()
+        topics.subscribe(self._bus, topics.DELIVERY, reports.put_nowait)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._sweep(sweep_interval or self._config.sweep_interval))
             group.create_task(self._forward_reports(reports))
@@ -240,28 +243,27 @@ class Relay:
             )
         )
 
-    async def _forward_reports(self, reports: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _forward_reports(self, reports: asyncio.Queue[topics.DeliveryReport]) -> None:
         while True:
             report = await reports.get()
+            provider_id = (
+                report.provider_message_id
+                or hashlib.sha1(f"{report.conversation}:{report.detail}".encode()).hexdigest()
+            )
             try:
-                status, detail = str(report["status"]), str(report.get("detail") or "")
-                provider_id = (
-                    report.get("provider_message_id")
-                    or hashlib.sha1(f"{report['conversation']}:{detail}".encode()).hexdigest()
-                )
                 await self._bus.publish(
                     Inbound(
                         kind=InboundKind.DELIVERY,
-                        channel=str(report["channel"]),
-                        conversation=str(report["conversation"]),
-                        sender=str(report["channel"]),
-                        text=detail,
-                        provider_message_id=f"delivery:{provider_id}:{status}",
-                        extras={"status": status},
+                        channel=report.channel,
+                        conversation=report.conversation,
+                        sender=report.channel,
+                        text=report.detail,
+                        provider_message_id=f"delivery:{provider_id}:{report.status}",
+                        extras={"status": report.status},
                     )
                 )
             except Exception:
-                log.exception("relay.delivery_report_dropped", report=report)
+                log.exception("relay.delivery_report_dropped", report=report.model_dump())
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -275,33 +277,22 @@ class Relay:
     ) -> None:
         """Send to the customer on their channel, addressed like a reply to their latest
         message; a failure is recorded and reported in the agents' thread."""
-        adapter = self._adapters.get(conversation.channel)
-        try:
-            if adapter is None:
-                raise LookupError(f"channel {conversation.channel!r} is not enabled")
-            for part in adapter.split(text):
-                await adapter.send(
-                    Outbound(
-                        channel=conversation.channel,
-                        conversation=conversation.key,
-                        text=part,
-                        thread=conversation.reply_thread,
-                        author=author,
-                        role="agent" if author else "bot",
-                        extras=conversation.reply_extras,
-                    )
-                )
-        except Exception as exc:
-            log.exception("relay.send_failed")
-            metrics.ERRORS.labels("send").inc()
-            line = f"Delivery to the customer failed: {type(exc).__name__}"
-            await self._store.append(conversation.key, TranscriptEntry(role=Role.SYSTEM, text=line))
-            await self._say_in_thread(conversation, f"{line}. They did not get: {text}")
-            return
-        entry = TranscriptEntry(
-            role=Role.AGENT if author else Role.BOT, text=text, author=author, message_id=message_id
+        reply = Outbound(
+            channel=conversation.channel,
+            conversation=conversation.key,
+            text=text,
+            thread=conversation.reply_thread,
+            author=author,
+            role=Role.AGENT if author else Role.BOT,
+            extras=conversation.reply_extras,
         )
-        await self._store.append(conversation.key, entry)
+        delivered = await deliver(
+            self._channels.get(conversation.channel), self._store, reply, message_id=message_id
+        )
+        if delivered.failure is not None:
+            await self._say_in_thread(
+                conversation, f"{delivered.failure}. They did not get: {text}"
+            )
 
     async def _already_sent(self, key: str, message_id: str) -> bool:
         latest = await self._store.transcript(key, last=3)

@@ -13,18 +13,18 @@ from typing import Any
 
 from gateway.bus import Bus
 from gateway.message import TurnResult
-
-TOPIC = "results"
+from gateway.topics import RESULTS
 
 
 class TurnResults:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self._waiting: dict[str, asyncio.Future[TurnResult]] = {}
-        bus.subscribe(TOPIC, self._on_result)
+        # Decoded only when awaited here: every web process hears every result.
+        bus.subscribe(RESULTS.name, self._on_result)
 
     async def publish(self, result: TurnResult) -> None:
-        await self._bus.broadcast(TOPIC, result.model_dump(mode="json"))
+        await self._bus.broadcast(RESULTS.name, result.model_dump(mode="json"))
 
     @contextmanager
     def expect(self, message_id: str) -> Iterator[asyncio.Future[TurnResult]]:

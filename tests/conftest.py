@@ -17,10 +17,10 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from gateway.config import GatewayConfig
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from gateway.redis_client import connect_redis
-from gateway.runtime import Runtime
-from gateway.server import build_app
 
 TESTS = Path(__file__).parent
 SAMPLE_KB = TESTS.parent / "config" / "knowledge"

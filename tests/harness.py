@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config import GatewayConfig
-from gateway.runtime import Runtime
-from gateway.server import build_app
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from tests.conftest import Gateway
 
 

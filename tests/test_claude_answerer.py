@@ -16,9 +16,11 @@ from anthropic import AsyncAnthropic
 from pydantic import SecretStr
 
 from brain.claude import ClaudeAnswerer
-from brain.knowledge import KnowledgeBase, Passage
+from brain.config import BrainConfig
+from brain.knowledge import KnowledgeBase
 from brain.prompt import CANARY, PROMPT_SENTENCES
-from gateway.config import BrainConfig, GatewayConfig
+from gateway.answering import Passage
+from gateway.app.settings import GatewayConfig
 from gateway.message import (
     Action,
     Conversation,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.app.cli import app
+from gateway.app.settings import load_config, parse_config
+from gateway.config import ConfigError
 
 
 def test_a_file_with_only_knowledge_sources_is_valid(tmp_path: Path) -> None:

@@ -12,8 +12,11 @@ from pathlib import Path
 import aiohttp
 from structlog.testing import capture_logs
 
-from gateway.config import DiscordConfig, GatewayConfig, ServerConfig, TelegramConfig
-from gateway.serve import run
+from adapters.discord_channel import DiscordConfig
+from adapters.telegram import TelegramConfig
+from gateway.app.processes import run
+from gateway.app.settings import GatewayConfig
+from gateway.config import ServerConfig
 from tests.conftest import free_port
 from tests.fakes import discord_api, telegram_api, until
 from tests.fakes.discord_api import FakeDiscord

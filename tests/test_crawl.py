@@ -19,10 +19,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
+from brain.config import CrawlConfig
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.knowledge import KnowledgeBase
-from gateway.cli import app
-from gateway.config import CrawlConfig
+from gateway.app.cli import app
 
 USER_AGENT = "test-crawler/1.0 (+https://example.test/bot)"
 

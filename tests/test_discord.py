@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from adapters.discord_channel import DiscordAdapter, MessageContentIntentMissing
-from gateway.config import DiscordConfig, GatewayConfig
+from adapters.discord_channel import DiscordChannel, DiscordConfig, MessageContentIntentMissing
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound, conversation_key
-from gateway.runtime import Runtime
 from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.discord_api import (
     BOT_ID,
@@ -45,9 +45,9 @@ class DiscordGateway:
     runtime: Runtime
 
     @property
-    def adapter(self) -> DiscordAdapter:
-        adapter = self.runtime.adapters["discord"]
-        assert isinstance(adapter, DiscordAdapter)
+    def adapter(self) -> DiscordChannel:
+        adapter = self.runtime.channels["discord"]
+        assert isinstance(adapter, DiscordChannel)
         return adapter
 
 
@@ -160,17 +160,17 @@ async def test_missing_message_content_intent_is_a_precise_startup_error(
     fake.refuse_intents = True
     async with Runtime.open(discord_config(sample_data_dir, fake.api_url)) as runtime:
         with pytest.raises(MessageContentIntentMissing) as raised:
-            await runtime.adapters["discord"].start()
+            await runtime.channels["discord"].start()
     message = str(raised.value)
     assert "4014" in message
     assert "Developer Portal" in message
     assert "Message Content Intent" in message
 
 
-async def rest_only(fake: FakeDiscord, data_dir: Path) -> AsyncIterator[DiscordAdapter]:
+async def rest_only(fake: FakeDiscord, data_dir: Path) -> AsyncIterator[DiscordChannel]:
     async with Runtime.open(discord_config(data_dir, fake.api_url)) as runtime:
-        adapter = runtime.adapters["discord"]
-        assert isinstance(adapter, DiscordAdapter)
+        adapter = runtime.channels["discord"]
+        assert isinstance(adapter, DiscordChannel)
         yield adapter
 
 

@@ -25,17 +25,16 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from adapters.email import (
-    EmailAdapter,
-    ReplyLimit,
+    EmailChannel,
     Skipped,
     decode_root,
     our_message_id,
     read_mail,
     reply_subject,
 )
-from gateway.config import GatewayConfig
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from gateway.message import Inbound, Role, conversation_key
-from gateway.runtime import Runtime
 from tests.conftest import free_port
 from tests.imap_server import PASSWORD, ImapServer, dovecot
 
@@ -136,7 +135,7 @@ class Mailroom:
     """The gateway (worker and connectors roles) with email on, and the customer's side."""
 
     runtime: Runtime
-    adapter: EmailAdapter
+    adapter: EmailChannel
     sink: Sink
     imap: ImapServer | None
     imap_user: str
@@ -195,8 +194,8 @@ async def _mailroom(
         {"data_dir": str(tmp_path), "redis_url": redis_url, "channels": {"email": settings}}
     )
     async with Runtime.open(config) as runtime:
-        adapter = runtime.adapters["email"]
-        assert isinstance(adapter, EmailAdapter)
+        adapter = runtime.channels["email"]
+        assert isinstance(adapter, EmailChannel)
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
         await adapter.start()
         try:
@@ -254,7 +253,7 @@ async def test_a_mail_is_answered_on_the_redis_backend(
         await room.deliver(mail(message_id="<redis@customer.example>"))
         (reply,) = await room.sink.wait_for(1)
         assert reply["In-Reply-To"] == "<redis@customer.example>"
-        assert await redis.keys("email:replies:*")  # the reply cap is counted in Redis
+        assert await redis.keys("gw:quota:*")  # the reply cap is counted in Redis
 
 
 async def test_a_mailbox_without_idle_is_polled(
@@ -415,15 +414,6 @@ async def test_bot_replies_per_sender_are_capped(
         (refused,) = set(ids) - answered
         role, text = (await room.transcript(_key(refused)))[-1]
         assert role is Role.SYSTEM and "ReplyLimited" in text
-
-
-async def test_workers_share_the_reply_cap_through_redis(redis: Redis) -> None:
-    first, second = ReplyLimit(redis, 2, 60.0), ReplyLimit(redis, 2, 60.0)
-    assert await first.allow(CUSTOMER)
-    assert await second.allow(CUSTOMER)
-    assert not await first.allow(CUSTOMER)
-    assert not await second.allow(CUSTOMER)
-    assert await second.allow("bob@customer.example")
 
 
 async def test_a_send_refused_with_451_is_retried_and_sent_once(

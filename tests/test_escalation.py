@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from brain.config import BrainConfig, BrainMessages, EscalationConfig
 from brain.escalation import EscalationJudge, upset_score, wants_human
-from gateway.cli import app
-from gateway.config import BrainConfig, BrainMessages, EscalationConfig, GatewayConfig
+from gateway.app.cli import app
+from gateway.app.settings import GatewayConfig
 from gateway.message import Action, Conversation, Decision, Reason, Role, TranscriptEntry
 from tests.harness import open_gateway
 

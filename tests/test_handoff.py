@@ -19,7 +19,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config import BusinessHours, GatewayConfig, PolicyRule
+from brain.config import PolicyRule
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
+from gateway.config import BusinessHours
 from gateway.handoff import TRANSITIONS, Event, Rejected, State, transition
 from gateway.message import (
     Action,
@@ -33,8 +37,6 @@ from gateway.message import (
     new_id,
 )
 from gateway.relay import Relay, describe_opening, next_opening
-from gateway.runtime import Runtime
-from gateway.server import build_app
 from tests.conftest import backend, flush_redis
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 

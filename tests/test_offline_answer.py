@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from brain.knowledge import Passage
 from brain.offline import compose_answer
+from gateway.answering import Passage
 
 PRICES = Passage(
     text=(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.config import GatewayConfig, KnowledgeConfig
-from gateway.runtime import Runtime
-from gateway.server import build_app
+from brain.config import KnowledgeConfig
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from tests.conftest import Gateway, free_port
 
 

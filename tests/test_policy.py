@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from brain.config import BrainConfig, BrainMessages, PolicyConfig, PolicyRule
 from brain.policy import PolicyGuard
 from brain.prompt import CANARY, PROMPT_SENTENCES
-from gateway.config import BrainConfig, BrainMessages, GatewayConfig, PolicyConfig, PolicyRule
+from gateway.app.settings import GatewayConfig
 from tests.harness import open_gateway
 
 GUARD = PolicyGuard(PolicyConfig())

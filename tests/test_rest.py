@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from gateway.app.settings import GatewayConfig
 from tests.conftest import Gateway
+from tests.harness import open_gateway
 
 PRICING = "How much is the Duo plan in the UK?"
 
@@ -106,22 +109,18 @@ async def test_malformed_json_is_400_and_wrong_content_type_is_415(gateway: Gate
     assert form.status == 415
 
 
-async def test_bearer_token_is_required_when_configured(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pydantic import SecretStr
-
-    server = gateway.runtime.config.server
-    monkeypatch.setattr(server, "api_token", SecretStr("t0ken-value"))
-    payload = {"conversation_id": "h", "text": PRICING}
-    missing = await gateway.http.post("/api/messages", json=payload)
-    wrong = await gateway.http.post(
-        "/api/messages", json=payload, headers={"Authorization": "Bearer nope"}
-    )
-    assert missing.status == 401 and wrong.status == 401
-    assert missing.headers["WWW-Authenticate"] == "Bearer"
-    assert (await gateway.http.get("/api/conversations/h")).status == 401
-    right = await gateway.http.post(
-        "/api/messages", json=payload, headers={"Authorization": "Bearer t0ken-value"}
-    )
-    assert right.status == 200
+async def test_bearer_token_is_required_when_configured(sample_data_dir: Path) -> None:
+    config = GatewayConfig(data_dir=sample_data_dir, server={"api_token": "t0ken-value"})
+    async with open_gateway(config) as gateway:
+        payload = {"conversation_id": "h", "text": PRICING}
+        missing = await gateway.http.post("/api/messages", json=payload)
+        wrong = await gateway.http.post(
+            "/api/messages", json=payload, headers={"Authorization": "Bearer nope"}
+        )
+        assert missing.status == 401 and wrong.status == 401
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        assert (await gateway.http.get("/api/conversations/h")).status == 401
+        right = await gateway.http.post(
+            "/api/messages", json=payload, headers={"Authorization": "Bearer t0ken-value"}
+        )
+        assert right.status == 200

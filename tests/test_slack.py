@@ -21,15 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from slack_sdk.signature import SignatureVerifier
 from structlog.testing import capture_logs
 
-from adapters.slack import (
-    EVENTS_PATH,
-    SlackAdapter,
-    SlackConsole,
-    card_blocks,
-    slack_console,
-    web_client,
-)
-from gateway.config import GatewayConfig, SlackConfig
+from adapters.slack import EVENTS_PATH, SlackChannel, SlackConfig, web_client
+from adapters.slack_console import SlackConsole, card_blocks, open_console
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from gateway.console import AgentThread, EscalationCard
 from gateway.message import (
     Conversation,
@@ -42,8 +38,6 @@ from gateway.message import (
     TranscriptEntry,
     conversation_key,
 )
-from gateway.runtime import Runtime
-from gateway.server import build_app
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_ID,
@@ -441,8 +435,8 @@ async def test_adapter_delivers_a_later_reply_from_the_key_and_thread(edge: Slac
     """An agent's reply relayed later carries only the conversation key and reply thread."""
     from gateway.message import Outbound
 
-    adapter = edge.runtime.adapters["slack"]
-    assert isinstance(adapter, SlackAdapter)
+    adapter = edge.runtime.channels["slack"]
+    assert isinstance(adapter, SlackChannel)
     channel_key = conversation_key("slack", TEAM_ID, "C0PUBLIC1", "1700000000.000100")
     await adapter.send(
         Outbound(channel="slack", conversation=channel_key, text="From Ana: hi", role="agent")
@@ -691,11 +685,9 @@ async def test_console_post_mentions_the_user_group_and_escapes_text(slack: Fake
 
 
 def test_console_needs_a_bot_token(slack: FakeSlack, tmp_path: Path) -> None:
-    assert slack_console(GatewayConfig(data_dir=tmp_path)) is None
-    configured = GatewayConfig(
-        data_dir=tmp_path, channels={"slack": {"bot_token": BOT_TOKEN, "api_url": slack.base_url}}
-    )
-    assert isinstance(slack_console(configured), SlackConsole)
+    assert open_console(SlackConfig()) is None
+    configured = SlackConfig(bot_token=BOT_TOKEN, api_url=slack.base_url)
+    assert isinstance(open_console(configured), SlackConsole)
 
 
 def test_config_names_the_missing_secret() -> None:
@@ -713,7 +705,7 @@ async def test_socket_mode_event_is_acked_and_answered_once(
 ) -> None:
     config = slack_config(sample_data_dir, slack.base_url, mode="socket", signing_secret=None)
     async with Runtime.open(config) as runtime:
-        adapter = runtime.adapters["slack"]
+        adapter = runtime.channels["slack"]
         assert adapter.routes() == []
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
         await adapter.start()

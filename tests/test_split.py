@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.split import split_text
+from gateway.split import split_text
 
 PARAGRAPHS = "\n\n".join(
     f"Paragraph {n} talks about shipping. It has a second sentence. And a third one here."

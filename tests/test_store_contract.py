@@ -119,3 +119,30 @@ async def test_a_loaded_conversation_changes_the_store_only_when_saved(store_fac
     await store.save(loaded)
     saved = await store.load("rest:alice")
     assert saved is not None and saved.mode is Mode.HUMAN
+
+
+async def test_a_quota_counts_uses_per_key_within_its_window(store_factory) -> None:
+    store: Store = store_factory()
+    assert await store.within_quota("email-replies:ann@example.com", 2, 60.0)
+    assert await store.within_quota("email-replies:ann@example.com", 2, 60.0)
+    assert not await store.within_quota("email-replies:ann@example.com", 2, 60.0)
+    assert await store.within_quota("email-replies:bob@example.com", 2, 60.0)
+
+
+async def test_a_quota_opens_again_when_its_window_passes(store_factory) -> None:
+    store: Store = store_factory()
+    assert await store.within_quota("k", 1, 0.3)
+    assert not await store.within_quota("k", 1, 0.3)
+    await asyncio.sleep(0.4)
+    assert await store.within_quota("k", 1, 0.3)
+
+
+async def test_workers_on_one_redis_share_a_quota(redis_url: str) -> None:
+    first, second = connect_redis(redis_url), connect_redis(redis_url)
+    await first.flushdb()
+    stores = [make_store("redis", client) for client in (first, second)]
+    assert await stores[0].within_quota("email-replies:ann@example.com", 2, 60.0)
+    assert await stores[1].within_quota("email-replies:ann@example.com", 2, 60.0)
+    assert not await stores[0].within_quota("email-replies:ann@example.com", 2, 60.0)
+    await first.aclose()
+    await second.aclose()

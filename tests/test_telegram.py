@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramAdapter
-from gateway.config import GatewayConfig, TelegramConfig
+from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramChannel, TelegramConfig
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound, conversation_key
-from gateway.runtime import Runtime
-from gateway.server import build_app
 from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.telegram_api import (
     BOT_ID,
@@ -38,9 +38,9 @@ class TelegramGateway:
     http: TestClient
 
     @property
-    def adapter(self) -> TelegramAdapter:
-        adapter = self.runtime.adapters["telegram"]
-        assert isinstance(adapter, TelegramAdapter)
+    def adapter(self) -> TelegramChannel:
+        adapter = self.runtime.channels["telegram"]
+        assert isinstance(adapter, TelegramChannel)
         return adapter
 
     async def deliver(self, update: dict[str, Any], *, secret: str | None = SECRET) -> int:
@@ -264,7 +264,7 @@ async def test_polling_mode_answers_updates_from_get_updates(
         assert build_app(runtime).router.resources()  # health routes only: no webhook route
         assert all(WEBHOOK_PATH not in str(r) for r in build_app(runtime).router.resources())
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        adapter = runtime.adapters["telegram"]
+        adapter = runtime.channels["telegram"]
         await adapter.start()
         try:
             await telegram.push_update(private_message(20, PRICE_QUESTION, chat_id=99))
@@ -286,9 +286,9 @@ async def test_polling_mode_answers_updates_from_get_updates(
 
 async def test_webhook_mode_never_polls(telegram: FakeTelegram, sample_data_dir: Path) -> None:
     async with Runtime.open(telegram_config(sample_data_dir, telegram.url)) as runtime:
-        await runtime.adapters["telegram"].start()
+        await runtime.channels["telegram"].start()
         await asyncio.sleep(0.2)
-        await runtime.adapters["telegram"].stop()
+        await runtime.channels["telegram"].stop()
     assert telegram.calls == []
 
 

@@ -23,7 +23,10 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
 from adapters.twilio import split_sms
-from gateway.config import ConfigError, GatewayConfig, parse_config
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig, parse_config
+from gateway.config import ConfigError
 from gateway.message import (
     Outbound,
     Role,
@@ -32,8 +35,6 @@ from gateway.message import (
     new_id,
     utcnow,
 )
-from gateway.runtime import Runtime
-from gateway.server import build_app
 from tests.conftest import backend
 from tests.fakes import agent_reply
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
@@ -221,7 +222,7 @@ async def test_sms_is_answered_with_empty_twiml_and_replied_by_rest(tw: TwilioGa
     assert response.content_type == "text/xml"
     assert await response.text() == EMPTY_TWIML
     [answer] = await tw.answered("sms")
-    assert tw.bodies() == tw.runtime.adapters["sms"].split(answer.text)
+    assert tw.bodies() == tw.runtime.channels["sms"].split(answer.text)
     reply = tw.api.messages[0]
     assert reply["To"] == CUSTOMER and reply["From"] == SMS_NUMBER
     assert reply["StatusCallback"] == f"{PUBLIC_URL}/twilio/sms/status"
@@ -256,7 +257,7 @@ async def test_forged_or_tampered_webhooks_get_403_and_no_processing(
     transcript = await tw.runtime.store.transcript(conversation_key("sms", CUSTOMER))
     assert [entry.text for entry in transcript if entry.role is Role.CUSTOMER] == [QUESTION]
     await asyncio.sleep(0.2)
-    assert tw.bodies() == tw.runtime.adapters["sms"].split(answer.text)
+    assert tw.bodies() == tw.runtime.channels["sms"].split(answer.text)
     logs = capsys.readouterr()
     assert AUTH_TOKEN not in logs.out + logs.err
 
@@ -299,7 +300,7 @@ async def test_redelivered_message_sid_gets_one_reply(tw: TwilioGateway) -> None
     answers = await tw.answered("sms", 2)
     await asyncio.sleep(0.2)
     assert len(answers) == 2
-    split = tw.runtime.adapters["sms"].split
+    split = tw.runtime.channels["sms"].split
     assert tw.bodies() == [part for answer in answers for part in split(answer.text)]
     transcript = await tw.runtime.store.transcript(conversation_key("sms", CUSTOMER))
     customer = [entry.text for entry in transcript if entry.role is Role.CUSTOMER]
@@ -421,7 +422,7 @@ async def relay(tw: TwilioGateway, channel: str, text: str) -> None:
     conversation = await tw.runtime.store.load(conversation_key(channel, CUSTOMER))
     assert conversation is not None
     reply = agent_reply(conversation, text)
-    adapter = tw.runtime.adapters[channel]
+    adapter = tw.runtime.channels[channel]
     for part in adapter.split(reply.text):
         await adapter.send(reply.model_copy(update={"text": part}))
 
@@ -514,7 +515,7 @@ def septets(text: str) -> int:
 async def test_300_character_reply_with_an_emoji_is_split_by_ucs2_rules(tw: TwilioGateway) -> None:
     reply = "Thanks 🙂" + "".join(f" word{index:02d}" for index in range(41)) + " okay"
     assert len(reply) == 300 and units(reply) == 301  # the emoji is two UTF-16 units
-    adapter = tw.runtime.adapters["sms"]
+    adapter = tw.runtime.channels["sms"]
 
     parts = adapter.split(reply)
 
@@ -556,8 +557,8 @@ def test_gsm7_budget_is_160_alone_and_153_per_segment_concatenated() -> None:
 async def test_replies_are_plain_text_with_links_spelled_out(tw: TwilioGateway) -> None:
     reply = "See **our plans**:\n\n- [the price list](https://kettle.example/prices)\n- `Duo`"
     expected = "See our plans:\n\n- the price list (https://kettle.example/prices)\n- Duo"
-    assert tw.runtime.adapters["sms"].split(reply) == [expected]
-    assert tw.runtime.adapters["whatsapp"].split(reply) == [expected]
+    assert tw.runtime.channels["sms"].split(reply) == [expected]
+    assert tw.runtime.channels["whatsapp"].split(reply) == [expected]
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -567,7 +568,7 @@ async def test_refused_send_is_retried_after_retry_after_and_sent_once(
     tw.api.fail_next(status, code=20429 if status == 429 else None, retry_after=1)
     started = time.monotonic()
 
-    await tw.runtime.adapters["sms"].send(
+    await tw.runtime.channels["sms"].send(
         Outbound(channel="sms", conversation=f"sms:{CUSTOMER}", text="Your order has shipped.")
     )
 
@@ -579,7 +580,7 @@ async def test_refused_send_is_retried_after_retry_after_and_sent_once(
 async def test_server_error_is_not_retried_so_a_send_is_never_doubled(tw: TwilioGateway) -> None:
     tw.api.fail_next(500)
     with pytest.raises(TwilioRestException) as raised:
-        await tw.runtime.adapters["sms"].send(
+        await tw.runtime.channels["sms"].send(
             Outbound(channel="sms", conversation=f"sms:{CUSTOMER}", text="Your order has shipped.")
         )
     assert raised.value.status == 500

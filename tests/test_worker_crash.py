@@ -30,7 +30,7 @@ def start_worker(config: Path, redis_url: str, log: Path) -> subprocess.Popen[by
     env = {**os.environ, "REDIS_URL": redis_url, "GATEWAY_CONFIG": str(config)}
     with log.open("wb") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "worker"],
+            [sys.executable, "-m", "gateway.app", "worker"],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

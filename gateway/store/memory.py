@@ -10,6 +10,8 @@ from datetime import datetime
 
 from gateway.message import Conversation, TranscriptEntry
 
+QUOTA_KEYS = 10_000  # quota counters kept before the expired ones are swept
+
 
 @dataclass(slots=True)
 class _Record:
@@ -28,6 +30,7 @@ class MemoryStore:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._threads: dict[str, str] = {}
         self._timers: dict[str, datetime] = {}  # only waiting conversations: a short scan
+        self._quotas: dict[str, tuple[float, int]] = {}  # key -> (window start, uses)
 
     async def is_processed(self, dedupe_key: str) -> bool:
         self._purge()
@@ -76,6 +79,18 @@ class MemoryStore:
 
     async def unschedule(self, key: str) -> None:
         self._timers.pop(key, None)
+
+    async def within_quota(self, key: str, limit: int, window: float) -> bool:
+        now = time.monotonic()
+        start, count = self._quotas.get(key, (now, 0))
+        if now - start >= window:
+            start, count = now, 0
+        if count >= limit:
+            return False
+        self._quotas[key] = (start, count + 1)
+        if len(self._quotas) > QUOTA_KEYS:  # forget keys whose window has passed
+            self._quotas = {k: v for k, v in self._quotas.items() if now - v[0] < window}
+        return True
 
     async def ping(self) -> None:
         return None

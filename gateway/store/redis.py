@@ -6,6 +6,7 @@ together and nothing accumulates.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
@@ -74,6 +75,14 @@ class RedisStore:
 
     async def unschedule(self, key: str) -> None:
         await self._redis.zrem(SCHEDULE, key)
+
+    async def within_quota(self, key: str, limit: int, window: float) -> bool:
+        quota = f"{PREFIX}:quota:{hashlib.sha256(key.encode()).hexdigest()}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(quota, 0, px=int(window * 1000), nx=True)
+            pipe.incr(quota)
+            _, count = await pipe.execute()
+        return int(count) <= limit
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
-from adapters.base import Adapter
-from gateway.config import GatewayConfig
-from gateway.runtime import Runtime
-from gateway.server import build_app
+from gateway.app.http import build_app
+from gateway.app.runtime import Runtime
+from gateway.app.settings import GatewayConfig
+from gateway.channel import Channel
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ async def run(
 ) -> None:
     """Run until SIGINT/SIGTERM, then stop taking work and shut down in order.
 
-    Only the connectors role calls the adapters' `start()`; the web role never does.
+    Only the connectors role calls the channels' `start()`; the web role never does.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -52,15 +52,15 @@ async def run(
             await runner.setup()
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
-        connected = await start_connectors(runtime.adapters) if connectors else []
+        connected = await start_connectors(runtime.channels) if connectors else []
         backend = "redis" if config.redis_url else "in-process"
         log.info(
             "gateway.started",
             http=f"http://{config.server.host}:{config.server.port}" if http else None,
             worker=worker,
-            connectors=[adapter.name for adapter in connected] if connectors else None,
+            connectors=[channel.name for channel in connected] if connectors else None,
             backend=backend,
-            channels=sorted(runtime.adapters),
+            channels=sorted(runtime.channels),
         )
         waiters = [asyncio.create_task(stop.wait())]
         if consumer is not None:
@@ -80,33 +80,29 @@ async def run(
             waiter.cancel()
 
 
-async def start_connectors(adapters: Mapping[str, Adapter]) -> list[Adapter]:
+async def start_connectors(channels: Mapping[str, Channel]) -> list[Channel]:
     """Open every enabled channel's long-lived connection, at once; a channel whose start fails
     is logged with its reason and left out, and the others run."""
 
-    async def start(name: str, adapter: Adapter) -> Adapter | None:
+    async def start(name: str, channel: Channel) -> Channel | None:
         try:
-            await adapter.start()
+            await channel.start()
         except Exception as error:
             log.error(
                 "connectors.start_failed", channel=name, error=f"{type(error).__name__}: {error}"
             )
             return None
-        return adapter
+        return channel
 
-    # Channels that are HTTP only (no `start` of their own) have nothing to open.
-    connecting = {name: adapter for name, adapter in adapters.items() if _connects(adapter)}
-    started = await asyncio.gather(*(start(name, adapter) for name, adapter in connecting.items()))
-    return [adapter for adapter in started if adapter is not None]
-
-
-def _connects(adapter: Adapter) -> bool:
-    return type(adapter).start is not Adapter.start
+    # Channels that are HTTP only (no connection of their own) have nothing to open.
+    connecting = {name: channel for name, channel in channels.items() if channel.connects}
+    started = await asyncio.gather(*(start(name, channel) for name, channel in connecting.items()))
+    return [channel for channel in started if channel is not None]
 
 
-async def stop_connectors(adapters: list[Adapter]) -> None:
-    for adapter in adapters:
+async def stop_connectors(channels: list[Channel]) -> None:
+    for channel in channels:
         try:
-            await adapter.stop()
+            await channel.stop()
         except Exception:
-            log.exception("connectors.stop_failed", channel=adapter.name)
+            log.exception("connectors.stop_failed", channel=channel.name)

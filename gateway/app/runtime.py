@@ -1,4 +1,5 @@
-"""Assembles the gateway from its config: one code path, embedded or Redis-backed parts.
+"""The composition root: assembles the gateway from its config, the one place that wires
+the core to the channels (`adapters/`) and the brain (`brain/`).
 
 No `redis_url`: in-process bus and memory store. With it: Redis Streams and the Redis store.
 Chroma runs embedded under `data_dir` unless `knowledge.chroma_url` points at a server.
@@ -13,19 +14,19 @@ from dataclasses import dataclass, field
 
 import structlog
 
-import adapters  # noqa: F401  (registers every channel)
-from adapters.base import REGISTRY, Adapter
-from adapters.slack import slack_console
-from brain.answerer import Answerer
+from adapters import CHANNELS
+from adapters.slack_console import open_console
 from brain.claude import ClaudeAnswerer
 from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from brain.policy import PolicyGuard
+from gateway.answering import Answerer
+from gateway.app.settings import GatewayConfig
 from gateway.bus import Bus
 from gateway.bus.memory import MemoryBus
 from gateway.bus.redis import RedisBus
-from gateway.config import GatewayConfig
-from gateway.pipeline import Pipeline
+from gateway.channel import Channel, ChannelContext, Limits
+from gateway.pipeline import Pipeline, ReplyTexts
 from gateway.redis_client import connect_redis
 from gateway.relay import Relay
 from gateway.results import TurnResults
@@ -43,37 +44,55 @@ class Runtime:
     store: Store
     knowledge: KnowledgeBase
     results: TurnResults
-    adapters: dict[str, Adapter] = field(default_factory=dict)
+    channels: dict[str, Channel] = field(init=False)
     answerer: Answerer = field(init=False)
     relay: Relay | None = field(init=False)
     pipeline: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
-        channels = self.config.channels
-        enabled = [name for name in REGISTRY if getattr(channels, name).enabled]
-        self.adapters = {name: REGISTRY[name](self) for name in enabled}
-        self.answerer = open_answerer(self.config, self.knowledge)
+        config = self.config
+        context = ChannelContext(
+            bus=self.bus,
+            store=self.store,
+            results=self.results,
+            limits=Limits(
+                max_message_chars=config.server.max_message_chars,
+                reply_timeout=config.pipeline.reply_timeout,
+                api_token=config.server.api_token,
+                note_prefix=config.handoff.note_prefix,
+            ),
+        )
+        sections = config.channels
+        self.channels = {
+            name: channel(section, context)
+            for name, channel in CHANNELS.items()
+            if (section := getattr(sections, name)).enabled
+        }
+        self.answerer = open_answerer(config, self.knowledge)
         self.relay = self._open_relay()
+        messages = config.brain.messages
         self.pipeline = Pipeline(
             store=self.store,
             answerer=self.answerer,
-            policy=PolicyGuard(self.config.brain.policy),
-            adapters=self.adapters,
+            policy=PolicyGuard(config.brain.policy),
+            channels=self.channels,
             results=self.results,
-            messages=self.config.brain.messages,
+            texts=ReplyTexts(
+                error=messages.error, holding=messages.holding, no_agents=messages.no_agents
+            ),
             relay=self.relay,
         )
 
     def _open_relay(self) -> Relay | None:
         """The human hand-off, when agents have a console (a Slack bot token) and a channel."""
-        console = slack_console(self.config)
+        console = open_console(self.config.channels.slack)
         if console is None or self.config.handoff.escalation_channel is None:
             return None
         return Relay(
             console=console,
             store=self.store,
             bus=self.bus,
-            adapters=self.adapters,
+            channels=self.channels,
             config=self.config.handoff,
         )
 
@@ -113,8 +132,8 @@ class Runtime:
         try:
             yield runtime
         finally:
-            for adapter in runtime.adapters.values():
-                await adapter.close()
+            for channel in runtime.channels.values():
+                await channel.close()
             await runtime.answerer.close()
             await bus.close()
             await store.close()

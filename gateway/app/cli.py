@@ -23,7 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.app.settings import GatewayConfig, load_config
+from gateway.config import ConfigError
 from gateway.logs import configure_logging
 from gateway.message import TurnResult
 
@@ -64,7 +65,7 @@ def _secret_values(section: BaseModel) -> Iterator[str]:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Everything in one process: web, worker and connectors; ingests the KB when stale."""
-    from gateway.serve import run
+    from gateway.app.processes import run
 
     settings = _load(config)
     console.print(
@@ -76,7 +77,7 @@ def serve(config: ConfigOption = None) -> None:
 @app.command()
 def web(config: ConfigOption = None) -> None:
     """The `web` process type: webhooks, web chat, health and metrics."""
-    from gateway.serve import run
+    from gateway.app.processes import run
 
     asyncio.run(run(_load(config), http=True, worker=False))
 
@@ -84,7 +85,7 @@ def web(config: ConfigOption = None) -> None:
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """The `worker` process type: pipeline consumers on the bus (needs REDIS_URL to scale out)."""
-    from gateway.serve import run
+    from gateway.app.processes import run
 
     settings = _load(config)
     if not settings.redis_url:
@@ -95,7 +96,7 @@ def worker(config: ConfigOption = None) -> None:
 @app.command()
 def connectors(config: ConfigOption = None) -> None:
     """The `connectors` process type: Telegram polling, the Discord gateway, ... (run one)."""
-    from gateway.serve import run
+    from gateway.app.processes import run
 
     settings = _load(config)
     if not settings.redis_url:
@@ -152,7 +153,7 @@ def kb_crawl(
 
 
 def _ingest_with_progress(settings: GatewayConfig, sources: list[str]) -> None:
-    from gateway.runtime import open_knowledge
+    from gateway.app.runtime import open_knowledge
 
     columns = (
         TextColumn("{task.description}"),
@@ -221,8 +222,8 @@ def ask(
 
 
 async def _ask(settings: GatewayConfig, conversation_id: str, text: str) -> TurnResult:
+    from gateway.app.runtime import Runtime
     from gateway.message import Inbound, conversation_key
-    from gateway.runtime import Runtime
 
     async with Runtime.open(settings, embedded=True) as runtime:
         await runtime.ingest_if_stale()
@@ -250,8 +251,8 @@ def check(config: ConfigOption = None) -> None:
 
 
 async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
+    from gateway.app.runtime import open_knowledge
     from gateway.redis_client import connect_redis
-    from gateway.runtime import open_knowledge
 
     results: list[tuple[str, bool, str]] = [("config", True, "valid")]
     if settings.redis_url:

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
-from gateway.runtime import Runtime
+from gateway.app.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -26,8 +26,8 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    for adapter in runtime.adapters.values():
-        app.router.add_routes(adapter.routes())
+    for channel in runtime.channels.values():
+        app.router.add_routes(channel.routes())
     return app
 
 

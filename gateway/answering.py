@@ -1,0 +1,55 @@
+"""What the pipeline needs of the brain: an answerer and a policy check, as protocols.
+
+The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
+conversation's state loads, then hands the passages to `decide`. `brain/` implements both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.message import Conversation, Decision, Inbound, TranscriptEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1."""
+
+    text: str
+    source: str
+    title: str
+    heading: str
+    score: float
+
+
+class Answerer(Protocol):
+    async def retrieve(self, message: Inbound) -> list[Passage] | None:
+        """The knowledge-base passages for the message; None when the deadline ran out."""
+        ...
+
+    async def decide(
+        self,
+        message: Inbound,
+        conversation: Conversation,
+        history: list[TranscriptEntry],
+        passages: list[Passage] | None,
+    ) -> Decision:
+        """Answer the customer's message, or decide to escalate, with a reason and sources."""
+        ...
+
+    async def close(self) -> None:
+        """Release clients (HTTP connections to a model provider)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: str
+    why: str
+
+
+class PolicyCheck(Protocol):
+    def check(self, text: str) -> Violation | None:
+        """The first operator rule the outgoing text breaks, or None when it may be sent."""
+        ...

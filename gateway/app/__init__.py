@@ -1,0 +1,1 @@
+"""The composition root: the one package that wires the core to `adapters/` and `brain/`."""

@@ -1,0 +1,109 @@
+"""The operator's whole configuration: the core's sections, each channel's own section (from
+its file in `adapters/`) and the brain's, under one root that `gateway.yaml` fills.
+
+`load_config` reads the file; relative knowledge sources are resolved against its folder, and
+`PORT` in the environment wins over the file (platforms such as Heroku assign it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from adapters.base import ChannelToggle
+from adapters.discord_channel import DiscordConfig
+from adapters.email import EmailConfig
+from adapters.slack import SlackConfig
+from adapters.telegram import TelegramConfig
+from adapters.twilio import SmsConfig, WhatsappConfig
+from adapters.webchat import WebchatConfig
+from brain.config import BrainConfig, KnowledgeConfig
+from gateway.config import (
+    ConfigError,
+    HandoffConfig,
+    LoggingConfig,
+    PipelineConfig,
+    Section,
+    ServerConfig,
+    env,
+    read_config,
+)
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+
+
+class ChannelsConfig(Section):
+    rest: ChannelToggle = Field(default_factory=ChannelToggle)
+    webchat: WebchatConfig = Field(default_factory=WebchatConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    discord: DiscordConfig = Field(default_factory=DiscordConfig)
+    sms: SmsConfig = Field(default_factory=SmsConfig)
+    whatsapp: WhatsappConfig = Field(default_factory=WhatsappConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+
+
+class GatewayConfig(Section):
+    data_dir: Path = Field(default_factory=lambda: Path(env("GATEWAY_DATA_DIR") or "data"))
+    redis_url: str | None = Field(default_factory=lambda: env("REDIS_URL"))
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    brain: BrainConfig = Field(default_factory=BrainConfig)
+    channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _agents_can_answer(self) -> GatewayConfig:
+        """An escalation channel without the Slack app would post cards nobody can answer:
+        agents' replies and button presses reach the gateway through the app's events."""
+        slack = self.channels.slack
+        if self.handoff.escalation_channel and slack.bot_token and not slack.enabled:
+            raise ValueError(
+                "handoff.escalation_channel is set, so channels.slack.enabled must be true: "
+                "agents' replies and buttons arrive through the Slack app"
+            )
+        return self
+
+
+def load_config(path: Path | None = None) -> GatewayConfig:
+    """Load `path`, or `$GATEWAY_CONFIG`, or `config/gateway.yaml` when it exists, else defaults."""
+    if path is None:
+        env_path = env("GATEWAY_CONFIG")
+        path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
+        if env_path is None and not path.exists():
+            return _apply_port(GatewayConfig())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    config = parse_config(text, name=str(path))
+    base = path.parent
+    sources = [_resolve_source(source, base) for source in config.knowledge.sources]
+    config = config.model_copy(
+        update={"knowledge": config.knowledge.model_copy(update={"sources": sources})}
+    )
+    return _apply_port(config)
+
+
+def parse_config(text: str, *, name: str = "gateway.yaml") -> GatewayConfig:
+    return read_config(text, GatewayConfig, name=name)
+
+
+def _resolve_source(source: str, base: Path) -> str:
+    if "://" in source or Path(source).is_absolute():
+        return source
+    return str((base / source).resolve())
+
+
+def _apply_port(config: GatewayConfig) -> GatewayConfig:
+    port = env("PORT")
+    if port is None:
+        return config
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"PORT: must be a TCP port number, got {port!r}")
+    return config.model_copy(
+        update={"server": config.server.model_copy(update={"port": int(port)})}
+    )

@@ -1,0 +1,138 @@
+"""What a channel is to the core, and the narrow context the core gives every channel.
+
+A channel translates at the edge: provider payload in, one `Inbound` out (published through
+its `ChannelContext`); one `Outbound` in, provider API call out. It declares what it can do
+(`Capabilities`), and the pipeline adapts to that; channels never branch on each other, and
+never see the runtime or the whole config: only their own section and this context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, SecretStr
+
+from gateway import topics
+from gateway.bus import Bus
+from gateway.message import Conversation, Inbound, Outbound, Role, TranscriptEntry, TurnResult
+from gateway.results import TurnResults
+from gateway.store import Store
+from gateway.topics import DeliveryReport, Topic
+
+if TYPE_CHECKING:  # the core runs without the HTTP stack; only `web` processes mount routes
+    from aiohttp import web
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    text_limit: int | None  # characters per message; None: no limit, never split
+    typing: bool = False  # the channel can show that an answer is being prepared
+
+
+class Channel(Protocol):
+    """One customer channel, built by the composition root as `Channel(config, context)`."""
+
+    name: ClassVar[str]  # the config key under `channels:`
+    capabilities: ClassVar[Capabilities]
+
+    def routes(self) -> list[web.RouteDef]:
+        """HTTP routes (webhooks, pages) mounted on the `web` process."""
+        ...
+
+    @property
+    def connects(self) -> bool:
+        """Whether `start` opens a long-lived provider connection (the connectors role)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Close what `start` opened."""
+        ...
+
+    async def close(self) -> None:
+        """Release the clients `send` uses; called once when the runtime closes."""
+        ...
+
+    def split(self, text: str) -> list[str]:
+        """Cut a reply into the messages `send` delivers, to the channel's limits."""
+        ...
+
+    async def send(self, outbound: Outbound) -> None:
+        """Deliver one message (one part of `split`) to the customer."""
+        ...
+
+    async def typing(self, conversation: str) -> None:
+        """Show that an answer is being prepared, where the channel can."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The few gateway-wide settings channels honour."""
+
+    max_message_chars: int  # a customer's message longer than this is refused
+    reply_timeout: float  # how long a request/response channel waits for its answer
+    api_token: SecretStr | None  # the bearer token of /api/*; None: open
+    note_prefix: str  # an agent's thread reply starting with it is an internal note
+
+
+class ChannelContext:
+    """Everything a channel may use of the gateway: publish, a few reads, two writes."""
+
+    def __init__(self, *, bus: Bus, store: Store, results: TurnResults, limits: Limits) -> None:
+        self._bus = bus
+        self._store = store
+        self._results = results
+        self.limits = limits
+
+    async def publish(self, message: Inbound) -> None:
+        """Put a message on the bus; returns once it is durable, so it may be acknowledged."""
+        await self._bus.publish(message)
+
+    async def broadcast(self, topic: Topic[PayloadT], payload: PayloadT) -> None:
+        await topics.broadcast(self._bus, topic, payload)
+
+    def subscribe(self, topic: Topic[PayloadT], listener: Callable[[PayloadT], None]) -> None:
+        topics.subscribe(self._bus, topic, listener)
+
+    def await_result(self, message_id: str) -> AbstractContextManager[asyncio.Future[TurnResult]]:
+        """Enter before publishing `message_id`, then await the future for its `TurnResult`."""
+        return self._results.expect(message_id)
+
+    async def conversation(self, key: str) -> Conversation | None:
+        return await self._store.load(key)
+
+    async def transcript(self, key: str, last: int | None = None) -> list[TranscriptEntry]:
+        return await self._store.transcript(key, last)
+
+    async def thread_conversation(self, thread: str) -> str | None:
+        """The conversation an agents' thread belongs to (`Store.link_thread`)."""
+        return await self._store.thread_conversation(thread)
+
+    async def seen(self, mark: str) -> bool:
+        """Whether `mark` (a provider event id) was recorded by `remember` within a day."""
+        return await self._store.is_processed(mark)
+
+    async def remember(self, mark: str) -> None:
+        await self._store.mark_processed(mark)
+
+    async def within_quota(self, key: str, limit: int, window: float) -> bool:
+        """Count one use of `key`; False once it was used `limit` times in this `window`."""
+        return await self._store.within_quota(key, limit, window)
+
+    async def note(self, conversation: str, text: str) -> None:
+        """A system line in the conversation's transcript (what happened, not what was said)."""
+        await self._store.append(conversation, TranscriptEntry(role=Role.SYSTEM, text=text))
+
+    async def report_undelivered(self, report: DeliveryReport) -> None:
+        """A reply found undelivered after the fact: noted in the transcript, and announced
+        on the bus, where the hand-off relay picks it up for the agents' thread."""
+        await self.note(report.conversation, report.detail)
+        await self.broadcast(topics.DELIVERY, report)
