@@ -547,7 +547,8 @@ def _bounce(message: EmailMessage, own_domain: str) -> tuple[Bounce, str | None]
                             fields[name] = value
         elif content_type in ("message/rfc822", "message/global") and original is None:
             inner = part.get_payload()
-            original = inner[0] if isinstance(inner, list) and inner else None
+            first = inner[0] if isinstance(inner, list) and inner else None
+            original = first if isinstance(first, Message) else None
         elif content_type == "text/rfc822-headers" and original is None:
             original = HeaderParser(policy=policy.default).parsestr(_decoded(part))
     candidates = [*(_ids(original, "Message-ID") if original else []), *_ids(message, "References")]

@@ -150,12 +150,12 @@ class SlackChannel(BaseChannel[SlackConfig]):
             self.config.app_token.get_secret_value(),
             web_client=AsyncWebClient(base_url=self.config.api_url),
         )
-        await self._socket.connect_async()
+        await self._socket.connect_async()  # type: ignore[no-untyped-call]
         log.info("slack.socket_mode_connected")
 
     async def stop(self) -> None:
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
 
     async def send(self, outbound: Outbound) -> None:

@@ -198,11 +198,11 @@ class _MarkdownReader:
         self._opener = token
 
     def _inline(self, token: Token) -> None:
-        opener = self._opener.type if self._opener else ""
+        opener = self._opener
         text = _inline_text(token)
-        if opener == "heading_open" and not self._lists:
-            self._builder.heading(int(self._opener.tag[1]), " ".join(text.split()))
-        elif opener in ("th_open", "td_open"):
+        if opener is not None and opener.type == "heading_open" and not self._lists:
+            self._builder.heading(int(opener.tag[1]), " ".join(text.split()))
+        elif opener is not None and opener.type in ("th_open", "td_open"):
             self._row.append(" ".join(text.split()))
         elif text := _clean_paragraph(text):
             self._block(text)

@@ -138,7 +138,8 @@ class MiniLMEmbedder:
         ids = np.array([e.ids[:width] for e in encodings], dtype=np.int64)
         hidden = self._model(ids, mask)
         pooled = (hidden * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        unit: np.ndarray = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ class _Dense:
     bias: np.ndarray
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = x @ self.weight
+        out: np.ndarray = x @ self.weight
         out += self.bias
         return out
 

@@ -201,7 +201,7 @@ class KnowledgeBase:
         return f"{metadata['embedder']}/{metadata.get('vectors', 'text')}"
 
     def count(self) -> int:
-        return self._chroma().count()
+        return int(self._chroma().count())
 
     async def search(self, query: str, k: int = 5) -> list[Passage]:
         """The `k` passages closest to `query`, best first.

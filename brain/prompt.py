@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Literal
 
+from anthropic.types import (
+    AssistantMessageParam,
+    CacheControlEphemeralParam,
+    MessageParam,
+    TextBlockParam,
+    ToolParam,
+    UserMessageParam,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.answering import Passage
@@ -22,7 +30,7 @@ DECISION_TOOL_NAME = "record_decision"
 # Prompt caching: https://docs.claude.com/en/docs/build-with-claude/prompt-caching
 # A prefix shorter than the model's minimum (4096 tokens for Haiku 4.5) is silently not
 # cached; the breakpoints cost nothing then and start paying once the prompt grows.
-_CACHED = {"type": "ephemeral"}
+_CACHED: CacheControlEphemeralParam = {"type": "ephemeral"}
 
 _RULES = """\
 You are the customer-support assistant of this business, answering customers in a chat.
@@ -69,7 +77,7 @@ PROMPT_SENTENCES: tuple[str, ...] = tuple(
     if len(sentence.strip(" -.")) >= 40
 )
 
-DECISION_TOOL: dict[str, Any] = {
+DECISION_TOOL: ToolParam = {
     "name": DECISION_TOOL_NAME,
     "description": "Record the decision for the customer's latest message: answer it, or "
     "escalate it to a person, with the reason and the passages used.",
@@ -116,7 +124,7 @@ DECISION_TOOL: dict[str, Any] = {
     "cache_control": _CACHED,
 }
 
-SYSTEM_BLOCKS: list[dict[str, Any]] = [
+SYSTEM_BLOCKS: list[TextBlockParam] = [
     {"type": "text", "text": SYSTEM_PROMPT, "cache_control": _CACHED}
 ]
 
@@ -145,25 +153,31 @@ class ModelDecision(BaseModel):
 
 def messages_for(
     question: str, history: list[TranscriptEntry], passages: list[Passage], turns: int
-) -> list[dict[str, Any]]:
+) -> list[MessageParam]:
     """The last `turns` transcript entries as context, then the passages and the question."""
-    context: list[dict[str, Any]] = []
+    context: list[tuple[Literal["user", "assistant"], str]] = []  # consecutive turns joined
     for entry in history[-turns:] if turns else []:
         if entry.role is Role.SYSTEM:
             continue
-        role = "user" if entry.role is Role.CUSTOMER else "assistant"
+        role: Literal["user", "assistant"] = "user" if entry.role is Role.CUSTOMER else "assistant"
         text = _quote("customer_message", entry.text) if role == "user" else entry.text
-        if context and context[-1]["role"] == role:
-            context[-1]["content"] += "\n\n" + text
+        if context and context[-1][0] == role:
+            context[-1] = (role, context[-1][1] + "\n\n" + text)
         else:
-            context.append({"role": role, "content": text})
-    while context and context[0]["role"] != "user":
+            context.append((role, text))
+    while context and context[0][0] != "user":
         context.pop(0)  # the API expects the conversation to open with the user
-    latest = [{"type": "text", "text": reference_block(passages)}]
+    latest: list[TextBlockParam] = [{"type": "text", "text": reference_block(passages)}]
     latest.append({"type": "text", "text": _quote("customer_message", question)})
-    if context and context[-1]["role"] == "user":
-        latest.insert(0, {"type": "text", "text": context.pop()["content"]})
-    return [*context, {"role": "user", "content": latest}]
+    if context and context[-1][0] == "user":
+        latest.insert(0, {"type": "text", "text": context.pop()[1]})
+    earlier: list[MessageParam] = [
+        UserMessageParam(role="user", content=text)
+        if role == "user"
+        else AssistantMessageParam(role="assistant", content=text)
+        for role, text in context
+    ]
+    return [*earlier, UserMessageParam(role="user", content=latest)]
 
 
 def reference_block(passages: list[Passage]) -> str:

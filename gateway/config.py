@@ -60,12 +60,13 @@ class PipelineConfig(Section):
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WORKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
 
 
 class BusinessHours(Section):
     """When agents are at work; outside these hours a customer is told when they are back."""
 
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    days: list[Weekday] = Field(default_factory=lambda: list(WORKDAYS))
     start: dt_time = dt_time(9, 0)
     end: dt_time = dt_time(17, 0)
     timezone: str = Field(default="UTC", description="an IANA time zone, e.g. Europe/London")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 REDACTED = "***"
 
@@ -15,7 +16,7 @@ REDACTED = "***"
 def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     known = tuple(secret for secret in secrets if len(secret) >= 4)
 
-    def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def redact(_logger: Any, _name: str, event: EventDict) -> EventDict:
         """Last line of defence: a secret that slipped into a log field is masked."""
         if not known:
             return event

@@ -56,11 +56,11 @@ class _Mailbox(Generic[T]):
 class ConversationDispatcher(Generic[T]):
     def __init__(
         self,
-        handler: Callable[[T], Awaitable[None]],
+        handler: Callable[[T], Awaitable[object]],
         *,
         max_concurrency: int,
         max_pending: int | None = None,
-        skip: Callable[[T], Awaitable[None]] | None = None,
+        skip: Callable[[T], Awaitable[object]] | None = None,
         gate: TurnGate | None = None,
     ) -> None:
         self._handler = handler

@@ -62,7 +62,7 @@ async def run(
             backend=backend,
             channels=sorted(runtime.channels),
         )
-        waiters = [asyncio.create_task(stop.wait())]
+        waiters: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
         if consumer is not None:
             waiters.append(consumer)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

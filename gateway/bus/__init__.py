@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from gateway.message import Inbound
 
-Handler = Callable[[Inbound], Awaitable[None]]
+Handler = Callable[[Inbound], Awaitable[object]]  # what it returns is not used
 Listener = Callable[[dict[str, Any]], None]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -68,9 +69,10 @@ class RedisStore:
         raw = await self._redis.zrangebyscore(
             SCHEDULE, "-inf", now.timestamp(), start=0, num=limit, withscores=True
         )
+        pairs = cast(list[tuple[bytes | str, float]], raw)  # withscores: (member, score)
         return [
             (key.decode() if isinstance(key, bytes) else key, datetime.fromtimestamp(score, UTC))
-            for key, score in raw
+            for key, score in pairs
         ]
 
     async def unschedule(self, key: str) -> None:
