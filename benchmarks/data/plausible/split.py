@@ -4,12 +4,12 @@
     python benchmarks/data/plausible/split.py --check    # only verify; exit 1 on any drift
 
 The pool is the union of dev.yaml and test.yaml, so which half a case lands in depends only on
-the set of cases: each stratum (kind, expected action, reason) is sorted by name, shuffled with a fixed
-seed and halved; odd strata give their extra case to dev and test in turn. Re-running on the
-committed files reproduces them byte for byte, which `--check` verifies, together with the
-schema and that every expected source page exists in the help-centre corpus (which the unit
-test cannot see). The schema lives here so the test in tests/test_labelled_set.py checks the
-very same rules.
+the set of cases: each stratum (kind, expected action, reason) is sorted by name, shuffled with
+a fixed seed and halved; odd strata give their extra case to dev and test in turn. Re-running on
+the committed files reproduces them byte for byte, which `--check` verifies, together with
+the schema and that every expected source page exists in the help-centre corpus (which the
+unit test cannot see). The schema lives here so the test in tests/test_labelled_set.py checks
+the very same rules.
 """
 
 from __future__ import annotations
