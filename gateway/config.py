@@ -33,7 +33,7 @@ def secret(name: str) -> SecretStr | None:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
 
 
 Seconds = Annotated[float, Field(gt=0)]

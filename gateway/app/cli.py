@@ -146,10 +146,12 @@ def kb_crawl(
     if not is_url(url):
         console.print(f"[red]Not a web address:[/red] {url} (give an http or https URL)")
         raise typer.Exit(2)
-    crawl = settings.knowledge.crawl
-    crawl.max_pages = max_pages or crawl.max_pages
-    crawl.concurrency = concurrency or crawl.concurrency
-    _ingest_with_progress(settings, [url])
+    options = {"max_pages": max_pages, "concurrency": concurrency}
+    crawl = settings.knowledge.crawl.model_copy(
+        update={name: value for name, value in options.items() if value is not None}
+    )
+    knowledge = settings.knowledge.model_copy(update={"crawl": crawl})
+    _ingest_with_progress(settings.model_copy(update={"knowledge": knowledge}), [url])
 
 
 def _ingest_with_progress(settings: GatewayConfig, sources: list[str]) -> None:
