@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 run: $(VENV)/.installed
 	$(BIN)/gateway serve
 
+# The tests run real redis-server, Dovecot, Chromium and PostgreSQL: installed first if missing.
 test: $(VENV)/.installed
+	scripts/provision-tests
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
