@@ -10,16 +10,21 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from gateway.bus import Bus
 from gateway.config import GatewayConfig
+from gateway.message import Inbound, TurnResult
 from gateway.redis_client import connect_redis
+from gateway.results import TOPIC as RESULTS_TOPIC
 from gateway.runtime import Runtime
 from gateway.server import build_app
+from tests.fakes import until
 
 TESTS = Path(__file__).parent
 SAMPLE_KB = TESTS.parent / "config" / "knowledge"
@@ -173,3 +178,54 @@ class Gateway:
         )
         assert response.status == 200, await response.text()
         return await response.json()
+
+
+class Traffic:
+    """What passes through one process's bus from now on: the messages published and the
+    broadcasts sent on it, and the turn results the workers (of any process) broadcast.
+
+    Every message a worker takes ends in exactly one result (a duplicate's too), broadcast
+    after its replies were sent and its turn saved. So once every published message has its
+    result, the pipeline has finished all it was given: a test can then assert that something
+    was *not* sent, instead of sleeping and hoping nothing more comes. Webhooks publish (and
+    status callbacks broadcast) before they answer, so what they did is counted by then.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.published: list[Inbound] = []
+        self.broadcasts: list[tuple[str, dict[str, Any]]] = []
+        self.results: list[TurnResult] = []
+        publish, broadcast = bus.publish, bus.broadcast
+
+        # Counted before, so a fast result never outruns its message's count.
+        async def counted_publish(message: Inbound) -> None:
+            self.published.append(message)
+            await publish(message)
+
+        async def counted_broadcast(topic: str, payload: dict[str, Any]) -> None:
+            self.broadcasts.append((topic, payload))
+            await broadcast(topic, payload)
+
+        bus.publish = counted_publish  # type: ignore[method-assign]
+        bus.broadcast = counted_broadcast  # type: ignore[method-assign]
+        bus.subscribe(RESULTS_TOPIC, self._on_result)
+
+    def _on_result(self, payload: dict[str, Any]) -> None:
+        self.results.append(TurnResult.model_validate(payload))
+
+    def told(self, topic: str) -> list[dict[str, Any]]:
+        """The payloads broadcast on `topic`."""
+        return [payload for sent_on, payload in self.broadcasts if sent_on == topic]
+
+    async def settled(self, within: float = 10.0) -> list[TurnResult]:
+        """Wait until every message published so far was processed; the results, in arrival
+        order. (A message published in the background, such as a timer tick or a delivery
+        report, counts once it reached `publish`: wait for that first.)"""
+        try:
+            await until(lambda: len(self.results) >= len(self.published), within)
+        except AssertionError:
+            raise AssertionError(
+                f"{len(self.published)} messages published, {len(self.results)} turns "
+                f"finished within {within:g} s: a turn failed or is stuck"
+            ) from None
+        return self.results
