@@ -217,7 +217,7 @@ class Traffic:
         """The payloads broadcast on `topic`."""
         return [payload for sent_on, payload in self.broadcasts if sent_on == topic]
 
-    async def settled(self, within: float = 10.0) -> list[TurnResult]:
+    async def settled(self, within: float = 20.0) -> list[TurnResult]:
         """Wait until every message published so far was processed; the results, in arrival
         order. (A message published in the background, such as a timer tick or a delivery
         report, counts once it reached `publish`: wait for that first.)"""
