@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 run: $(VENV)/.installed
 	$(BIN)/gateway serve
 
+# The tests run real redis-server, Dovecot, Chromium and PostgreSQL: installed first if missing.
 test: $(VENV)/.installed
+	scripts/provision-tests
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/rest_overhead.py

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import NOT_INSTALLED
+
 PASSWORD = "imap-test-password"
 NO_IDLE = "IMAP4rev1 LITERAL+ UIDPLUS"  # what a server without IDLE announces
 
@@ -34,14 +36,10 @@ class ImapServer:
 
 
 def dovecot_binary() -> str:
-    """The dovecot binary; fails loudly in CI (which must install it), skips elsewhere."""
+    """The dovecot binary (in sbin, which a non-root PATH may lack)."""
     binary = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
     if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(
-                "dovecot is not installed; CI must install it (apt-get install dovecot-imapd)"
-            )
-        pytest.skip("dovecot is not installed (apt-get install dovecot-imapd)")
+        pytest.fail(NOT_INSTALLED.format(binary="dovecot", package="dovecot-imapd"))
     return binary
 
 

@@ -117,8 +117,12 @@ async def test_broadcast_reaches_subscribers(backend) -> None:
     name, redis = backend
     bus = make_bus(name, redis)
     received: list[dict] = []
+    patterns = await redis.pubsub_numpat() if redis is not None else 0
     bus.subscribe("news", received.append)
-    await asyncio.sleep(0.1)  # the Redis subscription is established in the background
+    if redis is not None:  # the Redis subscription is established in the background
+        async with asyncio.timeout(5):
+            while await redis.pubsub_numpat() == patterns:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
     await bus.broadcast("news", {"hello": "world"})
     await wait_for(lambda: received == [{"hello": "world"}], seconds=5)
     await bus.close()

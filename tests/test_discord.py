@@ -15,6 +15,7 @@ from adapters.discord_channel import DiscordChannel, DiscordConfig, MessageConte
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound, conversation_key
+from tests.conftest import Traffic
 from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.discord_api import (
     BOT_ID,
@@ -94,12 +95,18 @@ async def test_dm_is_answered_in_the_dm(dc: DiscordGateway) -> None:
 
 
 async def test_guild_message_without_mention_is_ignored(dc: DiscordGateway) -> None:
+    traffic = Traffic(dc.runtime.bus)
     plain = message_create(PRICE_QUESTION, channel_id=GUILD_CHANNEL_ID, guild_id=GUILD_ID)
     await dc.fake.dispatch("MESSAGE_CREATE", plain)
     await dc.fake.dispatch("MESSAGE_CREATE", message_create(PRICE_QUESTION))
 
     await until(lambda: len(dc.fake.messages(DM_CHANNEL_ID)) == 1)
-    await asyncio.sleep(0.2)
+    # Events are handled in the order dispatched, each decided as it is read: once the DM is
+    # answered the guild message was turned away (or it would be on the bus before the DM).
+    await traffic.settled()
+    assert [message.conversation for message in traffic.published] == [
+        conversation_key("discord", DM_CHANNEL_ID)
+    ]
     assert dc.fake.messages(GUILD_CHANNEL_ID) == []
     key = conversation_key("discord", GUILD_CHANNEL_ID, CUSTOMER_ID)
     assert await dc.runtime.store.load(key) is None

@@ -35,7 +35,7 @@ from adapters.email import (
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.message import Inbound, Role, conversation_key
-from tests.conftest import free_port
+from tests.conftest import Traffic, free_port
 from tests.imap_server import PASSWORD, ImapServer, dovecot
 
 SUPPORT = "support@kettle.example"
@@ -158,6 +158,9 @@ class Mailroom:
         found = await client.uid_search("UNSEEN", charset=None)
         await client.logout()
         return found.lines[0].decode().split()
+
+    async def all_read(self) -> bool:
+        return await self.unseen() == []
 
     async def transcript(self, key: str) -> list[tuple[Role, str]]:
         entries = await self.runtime.store.transcript(key)
@@ -301,6 +304,7 @@ async def test_a_customer_reply_to_our_reply_lands_in_the_same_conversation(
 
 
 async def test_auto_replies_lists_and_bounces_get_no_answer(mailroom: Mailroom) -> None:
+    traffic = Traffic(mailroom.runtime.bus)
     await mailroom.deliver(mail(message_id="<asked@customer.example>"))
     (ours,) = await mailroom.sink.wait_for(1)
     thread = {"In-Reply-To": str(ours["Message-ID"]), "References": str(ours["References"])}
@@ -321,7 +325,10 @@ async def test_auto_replies_lists_and_bounces_get_no_answer(mailroom: Mailroom) 
         mail(message_id="<human@customer.example>", headers={"Auto-Submitted": "no"})
     )
     replies = await mailroom.sink.wait_for(2)
-    await asyncio.sleep(0.5)  # nothing else trickles in
+    # A mail is marked read once it is on the bus or noted as not answered: when none is
+    # unread and every turn is done, nothing else can be sent.
+    await eventually(mailroom.all_read)
+    await traffic.settled()
     assert [reply["In-Reply-To"] for reply in mailroom.sink.mails] == [
         "<asked@customer.example>",
         "<human@customer.example>",
@@ -436,6 +443,7 @@ async def test_the_smtp_listener_takes_direct_delivery(
     port = free_port()
     listen = {"host": "127.0.0.1", "port": port}
     async with _mailroom(tmp_path, sink, None, smtp_listen=listen) as room:
+        traffic = Traffic(room.runtime.bus)
         raw = mail(message_id="<direct@customer.example>")
         await aiosmtplib.send(
             raw, sender=CUSTOMER, recipients=[SUPPORT], hostname="127.0.0.1", port=port
@@ -448,7 +456,7 @@ async def test_the_smtp_listener_takes_direct_delivery(
             await client.rcpt(SUPPORT)
             response = await client.data(mail(subject="Returned mail"))
         assert response.code == 250
-        await asyncio.sleep(0.5)
+        await traffic.settled()  # the listener answers 250 only once it handled the mail
         assert len(room.sink.mails) == 1
 
 

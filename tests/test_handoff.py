@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from gateway.message import (
     new_id,
 )
 from gateway.relay import Relay, describe_opening, next_opening
-from tests.conftest import backend, flush_redis
+from tests.conftest import Traffic, backend, flush_redis
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 
 ESCALATIONS = "C0ESCALATE"
@@ -312,11 +312,15 @@ async def test_a_delivery_report_is_posted_once_in_the_thread(
             "detail": "30003 unreachable handset",
             "provider_message_id": "SM123",
         }
+        traffic = Traffic(gw.runtime.bus)
         for _ in range(2):  # a provider reporting the same failure twice
             await gw.runtime.bus.broadcast("delivery", report)
         expected = "A message to the customer was not delivered (undelivered): 30003 unreachable"
         await until(lambda: any(line.startswith(expected) for line in gw.thread()))
-        await asyncio.sleep(0.2)
+        # The relay turns each report into an event on the bus: both handled, so a second
+        # line would be in the thread by now.
+        await until(lambda: [m.kind for m in traffic.published] == [InboundKind.DELIVERY] * 2)
+        await traffic.settled()
         assert sum(line.startswith(expected) for line in gw.thread()) == 1
         transcript = await gw.runtime.store.transcript(key)
         assert not any(entry.text.startswith(expected) for entry in transcript)
@@ -462,7 +466,21 @@ async def test_a_claimed_conversation_gets_no_more_reminders(
         key = conversation_key("rest", "ann")
         await gw.publish(agent_event(InboundKind.CLAIM, key, DANA, DANA_NAME))
         heard = await gw.customer_heard(key)
-        await asyncio.sleep(1.0)  # past the reminder and the timeout
+        # Past the reminder and the timeout at once: the relay's clock jumps an hour ahead.
+        # Its sweeper reads the clock once a sweep: a second read means a whole sweep ran at
+        # that time, and whatever it found due was published (and is then processed).
+        later = datetime.now(UTC) + timedelta(hours=1)
+        reads = 0
+
+        def clock() -> datetime:
+            nonlocal reads
+            reads += 1
+            return later
+
+        traffic = Traffic(gw.runtime.bus)
+        gw.relay.clock = clock
+        await until(lambda: reads >= 2)
+        await traffic.settled()
         assert await gw.customer_heard(key) == heard
         assert (await gw.conversation(key)).mode is Mode.HUMAN
 

@@ -247,7 +247,7 @@ def chroma_url(tmp_path: Path) -> Iterator[str]:
     beside = Path(sys.executable).parent / "chroma"
     binary = str(beside) if beside.is_file() else shutil.which("chroma")
     if binary is None:
-        pytest.skip("the chroma CLI (installed with the chromadb package) was not found")
+        pytest.fail("the chroma CLI (installed with the chromadb package) was not found")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [binary, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1"]

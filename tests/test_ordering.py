@@ -73,8 +73,10 @@ async def test_a_failing_message_does_not_block_its_conversation() -> None:
 
 async def test_room_waits_while_too_many_messages_are_pending() -> None:
     release = asyncio.Event()
+    handling = asyncio.Event()
 
     async def handler(_item: int) -> None:
+        handling.set()
         await release.wait()
 
     dispatcher: ConversationDispatcher[int] = ConversationDispatcher(
@@ -83,7 +85,9 @@ async def test_room_waits_while_too_many_messages_are_pending() -> None:
     for seq in range(3):
         dispatcher.submit("c1", seq, seq)
     waiting = asyncio.create_task(dispatcher.room())
-    await asyncio.sleep(0.05)
+    # Tasks start in the order they were created: by the time the first message is being
+    # handled and this test runs again, `room()` has run up to where it waits, or returned.
+    await asyncio.wait_for(handling.wait(), 5)
     assert not waiting.done()
     release.set()
     await asyncio.wait_for(waiting, 1)

@@ -38,6 +38,7 @@ from gateway.message import (
     TranscriptEntry,
     conversation_key,
 )
+from tests.conftest import Traffic
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_ID,
@@ -108,6 +109,7 @@ class SlackGateway:
     runtime: Runtime
     http: TestClient
     published: list[Inbound]  # what reached the bus, when the test reads the bus itself
+    traffic: Traffic
 
     async def deliver(self, body: str, headers: dict[str, str]) -> int:
         response = await self.http.post(EVENTS_PATH, data=body, headers=headers)
@@ -158,7 +160,7 @@ async def _gateway(
             runtime.bus.consume(runtime.pipeline.handle if pipeline else record)
         )
         async with TestClient(TestServer(build_app(runtime))) as client:
-            yield SlackGateway(slack, runtime, client, published)
+            yield SlackGateway(slack, runtime, client, published, Traffic(runtime.bus))
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
 
@@ -241,8 +243,8 @@ async def test_unsigned_or_forged_event_is_rejected_with_401(
         "slack.rejected"
     ]
     assert SIGNING_SECRET not in repr(logs)
-    await asyncio.sleep(0.1)
-    assert edge.published == []
+    # Slack gets its answer only once the event is on the bus: none was, so none will come.
+    assert edge.traffic.published == edge.published == []
 
 
 async def test_url_verification_is_answered_with_the_challenge(edge: SlackGateway) -> None:
@@ -367,7 +369,7 @@ async def test_follow_up_in_the_thread_needs_no_mention_but_channel_chatter_is_i
     assert await gw.event(follow_up) == 200
 
     await until(lambda: len(gw.replies("C0PUBLIC1")) == 2)
-    await asyncio.sleep(0.3)
+    await gw.traffic.settled()  # the chatter too, had it reached the bus: no third reply
     assert [reply["thread_ts"] for reply in gw.replies("C0PUBLIC1")] == [root, root]
 
 
@@ -385,7 +387,7 @@ async def test_retried_event_gets_one_reply(gw: SlackGateway) -> None:
         return any(entry.role is Role.BOT for entry in await gw.runtime.store.transcript(key))
 
     await until(answered)
-    await asyncio.sleep(0.5)  # time for a second answer, were one coming
+    await gw.traffic.settled()  # the retries too: a second answer would be out by now
     assert len(gw.replies("D0CUSTOM3")) == 1
     transcript = await gw.runtime.store.transcript(key)
     assert [entry.role for entry in transcript] == [Role.CUSTOMER, Role.BOT]
@@ -409,8 +411,8 @@ async def test_bot_messages_and_edits_are_ignored(
 
     assert await edge.event(event) == 200
 
-    await asyncio.sleep(0.2)
-    assert edge.published == []
+    # Slack gets its answer only once the event is on the bus: none was, so none will come.
+    assert edge.traffic.published == edge.published == []
 
 
 async def test_rate_limited_reply_is_retried_after_retry_after_and_posted_once(
@@ -427,7 +429,7 @@ async def test_rate_limited_reply_is_retried_after_retry_after_and_posted_once(
     await until(lambda: len(gw.replies("D0CUSTOM5")) == 1)
     assert time.monotonic() - started >= 1.0
     assert len(gw.slack.calls_to("chat.postMessage")) == 2  # the 429, then the post
-    await asyncio.sleep(0.3)
+    await gw.traffic.settled()
     assert len(gw.replies("D0CUSTOM5")) == 1
 
 
@@ -519,7 +521,8 @@ async def test_escalation_channel_outside_a_linked_thread_is_ignored(edge: Slack
     assert await edge.event(_thread_reply(parent, "the real one")) == 200
 
     await until(lambda: len(edge.published) == 1)
-    await asyncio.sleep(0.2)
+    # Each event was on the bus before Slack got its answer: the other two never were.
+    assert [message.text for message in edge.traffic.published] == ["the real one"]
     assert [message.text for message in edge.published] == ["the real one"]
 
 
@@ -558,8 +561,8 @@ async def test_button_on_a_card_of_another_conversation_is_ignored(edge: SlackGa
 
     assert await edge.deliver(*signed_interaction(SIGNING_SECRET, payload)) == 200
 
-    await asyncio.sleep(0.2)
-    assert edge.published == []
+    # Slack gets its answer only once the event is on the bus: none was, so none will come.
+    assert edge.traffic.published == edge.published == []
 
 
 async def test_forged_button_press_is_rejected(edge: SlackGateway) -> None:
@@ -570,8 +573,8 @@ async def test_forged_button_press_is_rejected(edge: SlackGateway) -> None:
 
     body, headers = signed_interaction("not-the-secret", payload)
     assert await edge.deliver(body, headers) == 401
-    await asyncio.sleep(0.1)
-    assert edge.published == []
+    # Slack gets its answer only once the event is on the bus: none was, so none will come.
+    assert edge.traffic.published == edge.published == []
 
 
 # -- the console -------------------------------------------------------------------------------
@@ -707,6 +710,7 @@ async def test_socket_mode_event_is_acked_and_answered_once(
     async with Runtime.open(config) as runtime:
         adapter = runtime.channels["slack"]
         assert adapter.routes() == []
+        traffic = Traffic(runtime.bus)
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
         await adapter.start()
         try:
@@ -718,7 +722,7 @@ async def test_socket_mode_event_is_acked_and_answered_once(
             assert slack.calls_to("apps.connections.open")[0].token == APP_TOKEN
             # Socket Mode's redelivery: the same envelope payload, retry_attempt 1.
             assert "envelope_id" in await slack.push_socket(event, retry_attempt=1)
-            await asyncio.sleep(0.5)
+            await traffic.settled()  # acked once on the bus: processed, and deduped
             assert len(slack.posted("D0SOCKET1")) == 1
         finally:
             await adapter.stop()

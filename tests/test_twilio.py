@@ -35,7 +35,7 @@ from gateway.message import (
     new_id,
     utcnow,
 )
-from tests.conftest import backend
+from tests.conftest import Traffic, backend
 from tests.fakes import agent_reply
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
@@ -86,6 +86,7 @@ class TwilioGateway:
     runtime: Runtime
     http: TestClient
     api: FakeTwilio
+    traffic: Traffic
 
     async def deliver(
         self, path: str, params: dict[str, str], *, signature: str | None = None
@@ -160,7 +161,7 @@ async def running(config: GatewayConfig, api: FakeTwilio) -> AsyncIterator[Twili
     async with Runtime.open(config) as runtime:
         consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
         async with TestClient(TestServer(build_app(runtime))) as client:
-            yield TwilioGateway(runtime, client, api)
+            yield TwilioGateway(runtime, client, api, Traffic(runtime.bus))
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
 
@@ -256,7 +257,7 @@ async def test_forged_or_tampered_webhooks_get_403_and_no_processing(
     [answer] = await tw.answered("sms")
     transcript = await tw.runtime.store.transcript(conversation_key("sms", CUSTOMER))
     assert [entry.text for entry in transcript if entry.role is Role.CUSTOMER] == [QUESTION]
-    await asyncio.sleep(0.2)
+    await tw.traffic.settled()  # every turn done: no other reply can follow
     assert tw.bodies() == tw.runtime.channels["sms"].split(answer.text)
     logs = capsys.readouterr()
     assert AUTH_TOKEN not in logs.out + logs.err
@@ -267,7 +268,7 @@ async def test_status_callback_with_a_bad_signature_is_refused(tw: TwilioGateway
     params = {"MessageSid": "SM" + new_id(), "MessageStatus": "undelivered", "To": CUSTOMER}
     response = await tw.deliver("/twilio/sms/status", params, signature="bm90IGEgc2lnbmF0dXJl")
     assert response.status == 403
-    await asyncio.sleep(0.2)
+    assert tw.traffic.told("delivery") == []  # a callback reports before it is answered
     assert deliveries.empty()
 
 
@@ -298,7 +299,7 @@ async def test_redelivered_message_sid_gets_one_reply(tw: TwilioGateway) -> None
     # redelivery has been handled (and skipped).
     await tw.deliver("/twilio/sms", sms("Do you ship to Canada?"))
     answers = await tw.answered("sms", 2)
-    await asyncio.sleep(0.2)
+    await tw.traffic.settled()
     assert len(answers) == 2
     split = tw.runtime.channels["sms"].split
     assert tw.bodies() == [part for answer in answers for part in split(answer.text)]
@@ -395,7 +396,8 @@ async def test_undelivered_status_callback_is_recorded_and_reported_once(tw: Twi
 
     # Twilio redelivers the callback: reported once.
     assert (await tw.deliver("/twilio/sms/status", callback)).status == 200
-    await asyncio.sleep(0.2)
+    # A callback reports before it is answered: only the first did, and it was read above.
+    assert len(tw.traffic.told("delivery")) == 1
     assert deliveries.empty()
     transcript = await tw.runtime.store.transcript(key)
     assert [entry.role for entry in transcript].count(Role.SYSTEM) == 1
@@ -407,7 +409,7 @@ async def test_delivered_status_callback_is_only_counted(tw: TwilioGateway) -> N
     deliveries = await tw.deliveries()
     callback = {"MessageSid": "SM" + new_id(), "MessageStatus": "delivered", "To": CUSTOMER}
     assert (await tw.deliver("/twilio/sms/status", callback)).status == 200
-    await asyncio.sleep(0.2)
+    assert tw.traffic.told("delivery") == []  # a callback reports before it is answered
     assert deliveries.empty()
     transcript = await tw.runtime.store.transcript(conversation_key("sms", CUSTOMER))
     assert Role.SYSTEM not in {entry.role for entry in transcript}
@@ -497,7 +499,7 @@ async def test_whatsapp_reply_after_24_hours_without_template_is_held_and_flagge
         assert "24-hour window" in event["detail"] and "the Duo plan is £18" in event["detail"]
         last = (await tw.runtime.store.transcript(key))[-1]
         assert last.role is Role.SYSTEM and last.text == event["detail"]
-        await asyncio.sleep(0.2)
+        await tw.traffic.settled()  # relay() awaited its send; no turn is left to send either
         assert len(api.messages) == sent  # nothing went out
 
 
