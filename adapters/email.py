@@ -220,7 +220,7 @@ class EmailChannel(BaseChannel[EmailConfig]):
             return done
 
         async def imap_login() -> str:
-            assert imap is not None and imap.password is not None  # the config refuses less
+            assert imap is not None and imap.password is not None  # required with `imap`
             kind = aioimaplib.IMAP4_SSL if imap.tls else aioimaplib.IMAP4
             client = kind(host=imap.host, port=imap.port, timeout=imap.timeout)
             try:

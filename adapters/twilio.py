@@ -151,6 +151,7 @@ class TwilioChannel(BaseChannel[TwilioConfigT], Generic[TwilioConfigT]):
     def credential_checks(cls, config: TwilioConfigT) -> list[CredentialCheck]:
         async def fetch_account() -> str:  # https://www.twilio.com/docs/iam/api/account
             assert config.account_sid is not None and config.auth_token is not None  # enabled
+            # One attempt; this client, not the SDK's, for its non-deprecated Basic auth header.
             http = _SafeRetryHttpClient(timeout=config.timeout, attempts=1)
             token = config.auth_token.get_secret_value()
             client = Client(config.account_sid, token, http_client=http)

@@ -316,6 +316,22 @@ async def test_email_uses_tls_as_configured(tmp_path: Path, providers: Providers
     assert smtp_part == "SMTP: SMTPException: SMTP STARTTLS extension not supported by server."
 
 
+async def test_an_smtp_user_without_a_password_is_named(
+    tmp_path: Path, providers: Providers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EMAIL_SMTP_PASSWORD", raising=False)
+    email = channels(providers)["email"]
+    del email["imap"], email["smtp"]["password"]
+
+    result = await run_check(tmp_path, {"channels": {"email": email}})
+
+    assert result.exit_code == 1, result.output
+    assert rows(result)["email"] == (
+        "failed",
+        f"SMTP: user {SMTP_USER} has no password (EMAIL_SMTP_PASSWORD)",
+    )
+
+
 def test_disabled_channels_add_no_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped config enables no channel with credentials: the table is as it always was."""
     monkeypatch.chdir(Path(__file__).parent.parent)

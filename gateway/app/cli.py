@@ -24,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from adapters import CHANNELS
 from adapters.base import CheckFailed, CredentialCheck
@@ -255,12 +256,13 @@ def check(
     with its provider; exit non-zero with the reason."""
     settings = _load(config, quiet=True)
     results = asyncio.run(_check(settings, within))
-    secrets = list(_secret_values(settings))
+    secrets = [value for value in _secret_values(settings) if value]
     table = Table("check", "status", "detail")
     for name, ok, detail in results:
         for value in secrets:  # an SDK's error text may quote a URL with a token in it
             detail = detail.replace(value, "***")
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+        status = "[green]ok[/green]" if ok else "[red]failed[/red]"
+        table.add_row(name, status, Text(detail))  # a server's words, never read as markup
     console.print(table)
     if not all(ok for _, ok, _ in results):
         raise typer.Exit(1)
