@@ -8,7 +8,10 @@ A channel subclasses `BaseChannel[ItsConfig]`, sets `name` (its key under `chann
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -66,3 +69,29 @@ class BaseChannel(ABC, Generic[ConfigT]):
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
+
+    @classmethod
+    def credential_checks(cls, config: ConfigT) -> list[CredentialCheck]:
+        """What `gateway check` asks the provider to prove the section's credentials; none by
+        default (channels without credentials)."""
+        return []
+
+
+class CheckFailed(Exception):
+    """What the provider refused in a credentials check, in words for the operator; never a
+    secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialCheck:
+    """One exchange with a provider that proves a credential. `gateway check` runs the checks
+    of all enabled channels at once, each under its timeout; a timeout or a connection failure
+    is reported against `address`, so the check itself explains only the provider's answer."""
+
+    address: str  # the URL or host:port the exchange goes to
+    run: Callable[[], Awaitable[str]]  # a detail for the table; raises CheckFailed when refused
+    label: str = ""  # which of a channel's checks ("IMAP", "app token"), when it has several
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.address).netloc if "://" in self.address else self.address

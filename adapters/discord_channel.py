@@ -19,7 +19,7 @@ import structlog
 import yarl
 from pydantic import Field, SecretStr, model_validator
 
-from adapters.base import BaseChannel, ChannelSection
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import Seconds, secret
 from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
@@ -74,6 +74,22 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
     name = CHANNEL
     # 2000 characters of content: https://discord.com/developers/docs/resources/message#create-message
     capabilities = Capabilities(text_limit=2000, typing=True)
+
+    @classmethod
+    def credential_checks(cls, config: DiscordConfig) -> list[CredentialCheck]:
+        async def users_me() -> str:  # GET /users/@me, discord.py's own login
+            assert config.bot_token is not None  # the config refuses an enabled channel without
+            Route.BASE = config.api_url.rstrip("/")  # process-wide, as in `__init__`
+            rest = HTTPClient(asyncio.get_running_loop())
+            try:
+                me = await rest.static_login(config.bot_token.get_secret_value())
+            except discord.LoginFailure:
+                raise CheckFailed("bot token rejected (401 Unauthorized)") from None
+            finally:
+                await rest.close()
+            return f"bot {me['username']} ({me['id']})"
+
+        return [CredentialCheck(config.api_url, users_me)]
 
     def __init__(self, config: DiscordConfig, context: ChannelContext) -> None:
         super().__init__(config, context)

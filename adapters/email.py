@@ -55,7 +55,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from adapters.base import BaseChannel, ChannelSection
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from adapters.markup import to_plain
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import Seconds, Section, secret
@@ -183,6 +183,64 @@ class ReplyLimited(Exception):
 class EmailChannel(BaseChannel[EmailConfig]):
     name = CHANNEL
     capabilities = Capabilities(text_limit=None)
+
+    @classmethod
+    def credential_checks(cls, config: EmailConfig) -> list[CredentialCheck]:
+        """SMTP EHLO, STARTTLS or TLS as configured, and login when a user is set; IMAP login
+        and SELECT of the folder when a mailbox is read. Cut off by a timeout, the link is
+        closed without a goodbye: a polite QUIT or LOGOUT could wait out the same silence."""
+        smtp, imap = config.smtp, config.imap
+
+        async def smtp_login() -> str:
+            client = aiosmtplib.SMTP(
+                hostname=smtp.host,
+                port=smtp.port,
+                use_tls=smtp.tls == "tls",
+                start_tls=smtp.tls == "starttls",
+                timeout=smtp.timeout,
+            )
+            await client.connect()  # the greeting, and EHLO + STARTTLS in starttls mode
+            try:
+                await client.ehlo()
+                done = {"starttls": "EHLO and STARTTLS ok", "tls": "EHLO over TLS ok"}.get(
+                    smtp.tls, "EHLO ok"
+                )
+                if smtp.user is not None:
+                    if smtp.password is None:
+                        raise CheckFailed(f"user {smtp.user} has no password (EMAIL_SMTP_PASSWORD)")
+                    try:
+                        await client.login(smtp.user, smtp.password.get_secret_value())
+                    except aiosmtplib.SMTPAuthenticationError as error:
+                        reply = f"{error.code} {error.message}"
+                        raise CheckFailed(f"login as {smtp.user} rejected: {reply}") from None
+                    done += f", logged in as {smtp.user}"
+                await client.quit()
+            finally:
+                client.close()
+            return done
+
+        async def imap_login() -> str:
+            assert imap is not None and imap.password is not None  # required with `imap`
+            kind = aioimaplib.IMAP4_SSL if imap.tls else aioimaplib.IMAP4
+            client = kind(host=imap.host, port=imap.port, timeout=imap.timeout)
+            try:
+                await client.wait_hello_from_server()
+                try:
+                    login = await client.login(imap.user, imap.password.get_secret_value())
+                    _ok(login, f"LOGIN as {imap.user}")
+                    _ok(await client.select(_quoted(imap.folder)), f"SELECT {imap.folder}")
+                except aioimaplib.Error as error:
+                    raise CheckFailed(str(error)) from None
+                await client.logout()
+            finally:
+                if client.protocol.transport is not None:
+                    client.protocol.transport.close()
+            return f"logged in as {imap.user}, {imap.folder} selected"
+
+        checks = [CredentialCheck(f"{smtp.host}:{smtp.port}", smtp_login, "SMTP")]
+        if imap is not None:
+            checks.insert(0, CredentialCheck(f"{imap.host}:{imap.port}", imap_login, "IMAP"))
+        return checks
 
     def __init__(self, config: EmailConfig, context: ChannelContext) -> None:
         super().__init__(config, context)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 import structlog
@@ -40,8 +41,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.base import BaseChannel, ChannelSection
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import secret
 from gateway.message import (
@@ -116,6 +118,37 @@ class SlackChannel(BaseChannel[SlackConfig]):
     # Slack truncates at 40,000 characters, but asks clients to keep messages to 4,000
     # (https://api.slack.com/rtm#limits); longer answers are split at paragraphs instead.
     capabilities = Capabilities(text_limit=4000)
+
+    @classmethod
+    def credential_checks(cls, config: SlackConfig) -> list[CredentialCheck]:
+        """auth.test with the bot token (https://docs.slack.dev/reference/methods/auth.test);
+        in socket mode also apps.connections.open, the method the app token is for."""
+        assert config.bot_token is not None  # the config refuses an enabled Slack without one
+        # No retries: the SDK's default retries a refused connection until the check's time is up.
+        client = AsyncWebClient(
+            token=config.bot_token.get_secret_value(), base_url=config.api_url, retry_handlers=[]
+        )
+
+        async def answer(method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
+            try:
+                return await call
+            except SlackApiError as error:
+                raise CheckFailed(f"{method} says {error.response['error']}") from None
+
+        async def auth_test() -> str:
+            found = await answer("auth.test", client.auth_test())
+            return f"team {found['team']} ({found['team_id']}), bot @{found['user']}"
+
+        async def connections_open() -> str:
+            assert config.app_token is not None  # required in socket mode
+            token = config.app_token.get_secret_value()
+            await answer("apps.connections.open", client.apps_connections_open(app_token=token))
+            return "Socket Mode allowed"
+
+        checks = [CredentialCheck(config.api_url, auth_test, "bot token")]
+        if config.mode == "socket":
+            checks.append(CredentialCheck(config.api_url, connections_open, "app token"))
+        return checks
 
     def __init__(self, config: SlackConfig, context: ChannelContext) -> None:
         super().__init__(config, context)

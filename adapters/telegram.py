@@ -29,6 +29,7 @@ from aiogram.exceptions import (
     TelegramConflictError,
     TelegramRetryAfter,
     TelegramServerError,
+    TelegramUnauthorizedError,
 )
 from aiogram.types import Message, ReplyParameters, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
@@ -36,7 +37,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from adapters.base import BaseChannel, ChannelSection
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from adapters.markup import to_telegram_html
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import secret
@@ -96,6 +97,22 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
     name = CHANNEL
     # 4096 characters after entity parsing: https://core.telegram.org/bots/api#sendmessage
     capabilities = Capabilities(text_limit=4096, typing=True)
+
+    @classmethod
+    def credential_checks(cls, config: TelegramConfig) -> list[CredentialCheck]:
+        async def get_me() -> str:  # https://core.telegram.org/bots/api#getme
+            assert config.bot_token is not None  # the config refuses an enabled channel without
+            api = TelegramAPIServer.from_base(config.api_url)
+            bot = Bot(config.bot_token.get_secret_value(), session=AiohttpSession(api=api))
+            try:
+                me = await bot.get_me()
+            except TelegramUnauthorizedError:
+                raise CheckFailed("bot token rejected (401 Unauthorized)") from None
+            finally:
+                await bot.session.close()
+            return f"bot @{me.username}"
+
+        return [CredentialCheck(config.api_url, get_me)]
 
     def __init__(self, config: TelegramConfig, context: ChannelContext) -> None:
         super().__init__(config, context)

@@ -35,13 +35,14 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
-from adapters.base import BaseChannel, ChannelSection
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from adapters.markup import to_plain
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import Seconds, Section, env, secret
@@ -145,6 +146,28 @@ class TwilioChannel(BaseChannel[TwilioConfigT], Generic[TwilioConfigT]):
 
     address_prefix: ClassVar[str]  # how Twilio writes this channel's addresses: "whatsapp:+1…"
     capabilities = Capabilities(text_limit=MAX_BODY)  # media in: noted; media out: not sent
+
+    @classmethod
+    def credential_checks(cls, config: TwilioConfigT) -> list[CredentialCheck]:
+        async def fetch_account() -> str:  # https://www.twilio.com/docs/iam/api/account
+            assert config.account_sid is not None and config.auth_token is not None  # enabled
+            # One attempt; this client, not the SDK's, for its non-deprecated Basic auth header.
+            http = _SafeRetryHttpClient(timeout=config.timeout, attempts=1)
+            token = config.auth_token.get_secret_value()
+            client = Client(config.account_sid, token, http_client=http)
+            client.api.base_url = config.api_url  # as in `_rest`
+            try:
+                account = await client.api.accounts(config.account_sid).fetch_async()
+            except TwilioRestException as error:
+                if error.status == 401:
+                    rejected = "account SID or auth token rejected (401 Unauthorized)"
+                    raise CheckFailed(rejected) from None
+                raise CheckFailed(f"Twilio answered {error.status}: {error.msg}") from None
+            finally:
+                await http.close()
+            return f"account {account.friendly_name} ({account.status})"
+
+        return [CredentialCheck(config.api_url, fetch_account)]
 
     def __init__(self, config: TwilioConfigT, context: ChannelContext) -> None:
         super().__init__(config, context)

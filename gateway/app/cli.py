@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,7 +24,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
+from adapters import CHANNELS
+from adapters.base import CheckFailed, CredentialCheck
 from gateway.app.settings import GatewayConfig, load_config
 from gateway.config import ConfigError
 from gateway.logs import configure_logging
@@ -240,19 +245,32 @@ async def _ask(settings: GatewayConfig, conversation_id: str, text: str) -> Turn
 
 
 @app.command()
-def check(config: ConfigOption = None) -> None:
-    """Validate the config and reach Redis and Chroma; exit non-zero with the reason."""
+def check(
+    config: ConfigOption = None,
+    within: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.1, help="Seconds each check (Redis, Chroma, a provider) has."
+        ),
+    ] = 5.0,
+) -> None:
+    """Validate the config, reach Redis and Chroma, and try each enabled channel's credentials
+    with its provider; exit non-zero with the reason."""
     settings = _load(config, quiet=True)
-    results = asyncio.run(_check(settings))
+    results = asyncio.run(_check(settings, within))
+    secrets = [value for value in _secret_values(settings) if value]
     table = Table("check", "status", "detail")
     for name, ok, detail in results:
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+        for value in secrets:  # an SDK's error text may quote a URL with a token in it
+            detail = detail.replace(value, "***")
+        status = "[green]ok[/green]" if ok else "[red]failed[/red]"
+        table.add_row(name, status, Text(detail))  # a server's words, never read as markup
     console.print(table)
     if not all(ok for _, ok, _ in results):
         raise typer.Exit(1)
 
 
-async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
+async def _check(settings: GatewayConfig, within: float) -> list[tuple[str, bool, str]]:
     from gateway.app.runtime import open_knowledge
     from gateway.redis_client import connect_redis
 
@@ -260,7 +278,7 @@ async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
     if settings.redis_url:
         redis = connect_redis(settings.redis_url)
         try:
-            await asyncio.wait_for(redis.ping(), 5)
+            await asyncio.wait_for(redis.ping(), within)
             results.append(("redis", True, "reachable"))
         except Exception as error:
             results.append(("redis", False, f"{type(error).__name__}: {error}"))
@@ -271,9 +289,61 @@ async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
     knowledge = open_knowledge(settings)
     where = settings.knowledge.chroma_url or f"embedded in {settings.data_dir}"
     try:
-        await asyncio.wait_for(knowledge.ping(), 5)
+        await asyncio.wait_for(knowledge.ping(), within)
         chunks = await asyncio.to_thread(knowledge.count)
         results.append(("chroma", True, f"{where}, {chunks} chunks"))
     except Exception as error:
         results.append(("chroma", False, f"{where}: {type(error).__name__}: {error}"))
-    return results
+    channels = await asyncio.gather(
+        *(
+            _check_channel(name, checks, within)
+            for name, channel in CHANNELS.items()
+            if (section := getattr(settings.channels, name)).enabled
+            and (checks := channel.credential_checks(section))
+        )
+    )
+    return results + channels
+
+
+async def _check_channel(
+    name: str, checks: list[CredentialCheck], within: float
+) -> tuple[str, bool, str]:
+    """A channel's row: its checks run at once, each given `within` seconds; every part's
+    outcome, so one failure does not hide the state of the others."""
+    outcomes = await asyncio.gather(*(_credential_outcome(check, within) for check in checks))
+    return name, all(ok for ok, _ in outcomes), "; ".join(detail for _, detail in outcomes)
+
+
+async def _credential_outcome(check: CredentialCheck, within: float) -> tuple[bool, str]:
+    label = f"{check.label}: " if check.label else ""
+    try:
+        return True, label + await asyncio.wait_for(check.run(), within)
+    except CheckFailed as error:
+        return False, f"{label}{error}"
+    except Exception as error:
+        return False, label + _failure(error, check.host, within)
+
+
+def _failure(error: Exception, host: str, within: float) -> str:
+    """A timeout or a connection failure, however deep an SDK wrapped it, against the host;
+    any other error as its type and text."""
+    causes: list[BaseException] = [error]
+    while (cause := causes[-1].__cause__) is not None:
+        causes.append(cause)
+    if any(isinstance(cause, TimeoutError) for cause in causes):
+        return f"no answer from {host} within {within:g} s"
+    network = [cause for cause in causes if isinstance(cause, OSError)]
+    if network:
+        return f"cannot connect to {host}: {_network_reason(network[-1])}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _network_reason(error: OSError) -> str:
+    """`Connection refused`, `Name or service not known`, a rejected TLS certificate, ..."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted ({error.verify_message})"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed ({error.reason or error})"
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error)

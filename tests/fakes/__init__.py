@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Self
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -19,7 +20,7 @@ class FakeServer:
     def __init__(self, app: web.Application) -> None:
         self._server = TestServer(app, host="127.0.0.1")
 
-    async def __aenter__(self) -> FakeServer:
+    async def __aenter__(self) -> Self:
         await self._server.start_server()
         return self
 

@@ -1,9 +1,10 @@
-"""A local fake of Twilio's Messages REST API for the real twilio SDK.
+"""A local fake of Twilio's Messages REST API (and the account fetch) for the real twilio SDK.
 
 `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`, form-encoded, HTTP Basic auth (account
-SID and auth token) checked. Every attempt is recorded; accepted messages get an `SM…` sid and
-answer 201 with the Message resource. The next attempts can be scripted to fail with a status
-and Twilio error code, and a `Retry-After` header (20429 answers 429, for instance).
+SID and auth token) checked, as on `GET /2010-04-01/Accounts/{AccountSid}.json` (the account).
+Every attempt is recorded; accepted messages get an `SM…` sid and answer 201 with the Message
+resource. The next attempts can be scripted to fail with a status and Twilio error code, and a
+`Retry-After` header (20429 answers 429, for instance).
 
     async with FakeTwilio() as twilio:
         client.api.base_url = twilio.url
@@ -25,6 +26,7 @@ from tests.fakes import FakeServer
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
+FRIENDLY_NAME = "Kettle & Crane support"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class FakeTwilio(FakeServer):
         self._failures: list[Failure] = []
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account_sid}/Messages.json", self._create)
+        app.router.add_get("/2010-04-01/Accounts/{account_sid}.json", self._account)
         super().__init__(app)
 
     def fail_next(
@@ -55,11 +58,31 @@ class FakeTwilio(FakeServer):
         """The next create answers `status` with a Twilio error body (and sends nothing)."""
         self._failures.append(Failure(status, code or status, retry_after))
 
-    async def _create(self, request: web.Request) -> web.Response:
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """Wrong credentials (401), or another account's path (404)."""
         if request.headers.get("Authorization") != self._authorization:
             return _error(401, 20003, "Authenticate")
         if request.match_info["account_sid"] != self.account_sid:
             return _error(404, 20404, "The requested resource was not found")
+        return None
+
+    async def _account(self, request: web.Request) -> web.Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        # https://www.twilio.com/docs/iam/api/account#account-properties (the fields read here)
+        return web.json_response(
+            {
+                "sid": self.account_sid,
+                "friendly_name": FRIENDLY_NAME,
+                "status": "active",
+                "type": "Full",
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}.json",
+            }
+        )
+
+    async def _create(self, request: web.Request) -> web.Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
         self.attempts += 1
         if self._failures:
             failure = self._failures.pop(0)
