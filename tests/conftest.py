@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from gateway.app.http import build_app
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
-from gateway.bus import Bus
-from gateway.message import Inbound, TurnResult
 from gateway.redis_client import connect_redis
-from gateway.topics import RESULTS
-from tests.fakes import until
+from tests.harness import Gateway
 
 TESTS = Path(__file__).parent
 SAMPLE_KB = TESTS.parent / "config" / "knowledge"
@@ -156,76 +147,5 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     """The whole gateway (web and worker roles) on one backend, behind a real HTTP server."""
     redis_url = await backend(request, monkeypatch)
-    config = GatewayConfig(data_dir=sample_data_dir, redis_url=redis_url)
-    async with Runtime.open(config) as runtime:
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        async with TestClient(TestServer(build_app(runtime))) as client:
-            yield Gateway(runtime, client)
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
-
-
-@dataclass
-class Gateway:
-    runtime: Runtime
-    http: TestClient
-
-    async def ask(self, conversation_id: str, text: str, **headers: str) -> dict:
-        response = await self.http.post(
-            "/api/messages",
-            json={"conversation_id": conversation_id, "text": text},
-            headers=headers,
-        )
-        assert response.status == 200, await response.text()
-        return await response.json()
-
-
-class Traffic:
-    """What passes through one process's bus from now on: the messages published and the
-    broadcasts sent on it, and the turn results the workers (of any process) broadcast.
-
-    Every message a worker takes ends in exactly one result (a duplicate's too), broadcast
-    after its replies were sent and its turn saved. So once every published message has its
-    result, the pipeline has finished all it was given: a test can then assert that something
-    was *not* sent, instead of sleeping and hoping nothing more comes. Webhooks publish (and
-    status callbacks broadcast) before they answer, so what they did is counted by then.
-    """
-
-    def __init__(self, bus: Bus) -> None:
-        self.published: list[Inbound] = []
-        self.broadcasts: list[tuple[str, dict[str, Any]]] = []
-        self.results: list[TurnResult] = []
-        publish, broadcast = bus.publish, bus.broadcast
-
-        # Counted before, so a fast result never outruns its message's count.
-        async def counted_publish(message: Inbound) -> None:
-            self.published.append(message)
-            await publish(message)
-
-        async def counted_broadcast(topic: str, payload: dict[str, Any]) -> None:
-            self.broadcasts.append((topic, payload))
-            await broadcast(topic, payload)
-
-        bus.publish = counted_publish  # type: ignore[method-assign]
-        bus.broadcast = counted_broadcast  # type: ignore[method-assign]
-        bus.subscribe(RESULTS.name, self._on_result)
-
-    def _on_result(self, payload: dict[str, Any]) -> None:
-        self.results.append(TurnResult.model_validate(payload))
-
-    def told(self, topic: str) -> list[dict[str, Any]]:
-        """The payloads broadcast on `topic`."""
-        return [payload for sent_on, payload in self.broadcasts if sent_on == topic]
-
-    async def settled(self, within: float = 20.0) -> list[TurnResult]:
-        """Wait until every message published so far was processed; the results, in arrival
-        order. (A message published in the background, such as a timer tick or a delivery
-        report, counts once it reached `publish`: wait for that first.)"""
-        try:
-            await until(lambda: len(self.results) >= len(self.published), within)
-        except AssertionError:
-            raise AssertionError(
-                f"{len(self.published)} messages published, {len(self.results)} turns "
-                f"finished within {within:g} s: a turn failed or is stuck"
-            ) from None
-        return self.results
+    async with Gateway.open(GatewayConfig(data_dir=sample_data_dir, redis_url=redis_url)) as gw:
+        yield gw

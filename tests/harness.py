@@ -1,28 +1,136 @@
-"""The whole gateway on a config a test chooses (memory backend), behind a real HTTP server."""
+"""One gateway under test: the runtime a test's config builds, its worker consuming the bus,
+its HTTP app behind a real server, and a `Traffic` record of what passes on the bus.
+
+Channel tests subclass `Gateway` with their fake provider and helpers (how to deliver a signed
+webhook, what counts as answered) and open it the same way: `async with
+TelegramGateway.open(config, telegram=fake) as tg`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
 
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
-from tests.conftest import Gateway
+from gateway.bus import Bus
+from gateway.channel import Channel
+from gateway.message import Inbound, TurnResult
+from gateway.topics import RESULTS
+from tests.fakes import until
+
+ChannelT = TypeVar("ChannelT", bound=Channel)
 
 
-@asynccontextmanager
-async def open_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
-    """The gateway with its embedder loaded, so a first answer is not timed with a cold start."""
-    async with Runtime.open(config, embedded=True) as runtime:
-        await runtime.knowledge.search("warm up", k=1)
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
+@dataclass
+class Gateway:
+    runtime: Runtime
+    http: TestClient
+    traffic: Traffic
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: GatewayConfig,
+        *,
+        embedded: bool = False,
+        warm: bool = False,
+        consume: Callable[[Inbound], Awaitable[object]] | None = None,
+        timers: bool = False,
+        **extra: Any,
+    ) -> AsyncIterator[Self]:
+        """`embedded`: the in-process bus and store whatever the config says; `warm`: the
+        embedder loaded first, so a first answer is not timed with a cold start; `consume`:
+        what the worker does with each message (default: the pipeline); `timers`: the hand-off
+        relay's sweeper runs too; `extra`: the subclass's own fields."""
+        async with Runtime.open(config, embedded=embedded) as runtime:
+            if warm:
+                await runtime.knowledge.search("warm up", k=1)
+            traffic = Traffic(runtime.bus)
+            worker = runtime.bus.consume(consume or runtime.pipeline.handle)
+            tasks = [asyncio.create_task(worker)]
+            if timers:
+                assert runtime.relay is not None, "timers need the hand-off configured"
+                tasks.append(asyncio.create_task(runtime.relay.run()))
+            try:
+                async with TestClient(TestServer(build_app(runtime))) as client:
+                    yield cls(runtime=runtime, http=client, traffic=traffic, **extra)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def channel(self, kind: type[ChannelT]) -> ChannelT:
+        """The running channel of this class (its `name` under `channels:`)."""
+        channel = self.runtime.channels[kind.name]
+        assert isinstance(channel, kind)
+        return channel
+
+    async def ask(self, conversation_id: str, text: str, **headers: str) -> dict[str, Any]:
+        """One REST message, answered."""
+        response = await self.http.post(
+            "/api/messages",
+            json={"conversation_id": conversation_id, "text": text},
+            headers=headers,
+        )
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+class Traffic:
+    """What passes through one process's bus from now on: the messages published and the
+    broadcasts sent on it, and the turn results the workers (of any process) broadcast.
+
+    Every message a worker takes ends in exactly one result (a duplicate's too), broadcast
+    after its replies were sent and its turn saved. So once every published message has its
+    result, the pipeline has finished all it was given: a test can then assert that something
+    was *not* sent, instead of sleeping and hoping nothing more comes. Webhooks publish (and
+    status callbacks broadcast) before they answer, so what they did is counted by then.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self.published: list[Inbound] = []
+        self.broadcasts: list[tuple[str, dict[str, Any]]] = []
+        self.results: list[TurnResult] = []
+        publish, broadcast = bus.publish, bus.broadcast
+
+        # Counted before, so a fast result never outruns its message's count.
+        async def counted_publish(message: Inbound) -> None:
+            self.published.append(message)
+            await publish(message)
+
+        async def counted_broadcast(topic: str, payload: dict[str, Any]) -> None:
+            self.broadcasts.append((topic, payload))
+            await broadcast(topic, payload)
+
+        bus.publish = counted_publish  # type: ignore[method-assign]
+        bus.broadcast = counted_broadcast  # type: ignore[method-assign]
+        bus.subscribe(RESULTS.name, self._on_result)
+
+    def _on_result(self, payload: dict[str, Any]) -> None:
+        self.results.append(TurnResult.model_validate(payload))
+
+    def told(self, topic: str) -> list[dict[str, Any]]:
+        """The payloads broadcast on `topic`."""
+        return [payload for sent_on, payload in self.broadcasts if sent_on == topic]
+
+    async def settled(self, within: float = 20.0) -> list[TurnResult]:
+        """Wait until every message published so far was processed; the results, in arrival
+        order. (A message published in the background, such as a timer tick or a delivery
+        report, counts once it reached `publish`: wait for that first.)"""
         try:
-            async with TestClient(TestServer(build_app(runtime))) as client:
-                yield Gateway(runtime, client)
-        finally:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            await until(lambda: len(self.results) >= len(self.published), within)
+        except AssertionError:
+            raise AssertionError(
+                f"{len(self.published)} messages published, {len(self.results)} turns "
+                f"finished within {within:g} s: a turn failed or is stuck"
+            ) from None
+        return self.results

@@ -41,7 +41,7 @@ from tests.fakes.anthropic_api import (
     ToolCall,
     decision,
 )
-from tests.harness import open_gateway
+from tests.harness import Gateway
 
 DEADLINE = 2.0
 MARGIN = 0.3  # scheduling slack on a shared two-core machine
@@ -342,7 +342,7 @@ async def claude_gateway(claude: FakeAnthropic, sample_data_dir: Path):  # type:
         redis_url=None,
         brain=BrainConfig(anthropic_api_key=SecretStr(API_KEY), anthropic_base_url=claude.url),
     )
-    async with open_gateway(config) as gateway:
+    async with Gateway.open(config, embedded=True, warm=True) as gateway:
         yield gateway
 
 
@@ -399,7 +399,7 @@ async def test_an_injection_in_a_kb_page_is_quoted_and_obeying_it_is_blocked(
         brain=BrainConfig(anthropic_api_key=SecretStr(API_KEY), anthropic_base_url=claude.url),
     )
     claude.script(decision(reply="I'm a human agent, and your refund is approved."))
-    async with open_gateway(config) as gateway:
+    async with Gateway.open(config, embedded=True, warm=True) as gateway:
         gateway.runtime.knowledge.ingest([tmp_path / "kb"])
         body = await gateway.ask("mallory", "Can I return my grinder?")
     quoted = claude.requests[0].last_user_text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from adapters.discord_channel import DiscordChannel, DiscordConfig, MessageConte
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound, conversation_key
-from tests.conftest import Traffic
 from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.discord_api import (
     BOT_ID,
@@ -29,6 +27,7 @@ from tests.fakes.discord_api import (
     bot_mention,
     message_create,
 )
+from tests.harness import Gateway
 
 PRICE_QUESTION = "How much is the Duo plan in the UK?"
 
@@ -40,16 +39,13 @@ def discord_config(data_dir: Path, api_url: str, **discord: Any) -> GatewayConfi
     )
 
 
-@dataclass
-class DiscordGateway:
+@dataclass(kw_only=True)
+class DiscordGateway(Gateway):
     fake: FakeDiscord
-    runtime: Runtime
 
     @property
     def adapter(self) -> DiscordChannel:
-        adapter = self.runtime.channels["discord"]
-        assert isinstance(adapter, DiscordChannel)
-        return adapter
+        return self.channel(DiscordChannel)
 
 
 @pytest.fixture
@@ -63,16 +59,13 @@ async def connected(
     fake: FakeDiscord, data_dir: Path, **discord: Any
 ) -> AsyncIterator[DiscordGateway]:
     """Worker role plus the Discord gateway connection (connectors role), in-process bus."""
-    async with Runtime.open(discord_config(data_dir, fake.api_url, **discord)) as runtime:
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        gateway = DiscordGateway(fake, runtime)
+    config = discord_config(data_dir, fake.api_url, **discord)
+    async with DiscordGateway.open(config, fake=fake) as gateway:
         await gateway.adapter.start()
         try:
             yield gateway
         finally:
             await gateway.adapter.stop()
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
 
 
 @pytest.fixture
@@ -95,7 +88,7 @@ async def test_dm_is_answered_in_the_dm(dc: DiscordGateway) -> None:
 
 
 async def test_guild_message_without_mention_is_ignored(dc: DiscordGateway) -> None:
-    traffic = Traffic(dc.runtime.bus)
+    traffic = dc.traffic
     plain = message_create(PRICE_QUESTION, channel_id=GUILD_CHANNEL_ID, guild_id=GUILD_ID)
     await dc.fake.dispatch("MESSAGE_CREATE", plain)
     await dc.fake.dispatch("MESSAGE_CREATE", message_create(PRICE_QUESTION))

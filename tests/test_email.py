@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from email import policy
@@ -32,10 +32,11 @@ from adapters.email import (
     read_mail,
     reply_subject,
 )
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.message import Inbound, Role, conversation_key
-from tests.conftest import Traffic, free_port
+from tests.conftest import free_port
+from tests.fakes import until
+from tests.harness import Gateway
 from tests.imap_server import PASSWORD, ImapServer, dovecot
 
 SUPPORT = "support@kettle.example"
@@ -93,20 +94,8 @@ class Sink:
         return "250 2.0.0 OK"
 
     async def wait_for(self, count: int) -> list[EmailMessage]:
-        await eventually(lambda: len(self.mails) >= count)
+        await until(lambda: len(self.mails) >= count, WAIT)
         return self.mails
-
-
-async def eventually(condition: Callable[[], Awaitable[bool] | bool]) -> None:
-    """Wait until `condition` holds: what it watches (the sink's thread, the store) has no
-    change notification to await."""
-    async with asyncio.timeout(WAIT):
-        while not await _maybe_await(condition()):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-async def _maybe_await(value: Awaitable[bool] | bool) -> bool:
-    return await value if isinstance(value, Awaitable) else value
 
 
 @pytest.fixture
@@ -130,15 +119,17 @@ def imap_without_idle() -> Iterator[ImapServer]:
         yield server
 
 
-@dataclass
-class Mailroom:
+@dataclass(kw_only=True)
+class Mailroom(Gateway):
     """The gateway (worker and connectors roles) with email on, and the customer's side."""
 
-    runtime: Runtime
-    adapter: EmailChannel
     sink: Sink
     imap: ImapServer | None
     imap_user: str
+
+    @property
+    def adapter(self) -> EmailChannel:
+        return self.channel(EmailChannel)
 
     async def deliver(self, raw: bytes) -> None:
         """Put a mail in the support mailbox, as the customer's provider would."""
@@ -196,17 +187,12 @@ async def _mailroom(
     config = GatewayConfig.model_validate(
         {"data_dir": str(tmp_path), "redis_url": redis_url, "channels": {"email": settings}}
     )
-    async with Runtime.open(config) as runtime:
-        adapter = runtime.channels["email"]
-        assert isinstance(adapter, EmailChannel)
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        await adapter.start()
+    async with Mailroom.open(config, sink=handler, imap=imap, imap_user=user) as room:
+        await room.adapter.start()
         try:
-            yield Mailroom(runtime, adapter, handler, imap, user)
+            yield room
         finally:
-            await adapter.stop()
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            await room.adapter.stop()
 
 
 @pytest.fixture
@@ -274,7 +260,7 @@ async def test_the_mailbox_is_read_once_the_imap_server_is_back(
     port = free_port()
     with capture_logs() as logs, ExitStack() as stack:
         async with _mailroom(tmp_path, sink, ImapServer("127.0.0.1", port)) as room:
-            await eventually(lambda: any(e["event"] == "email.imap_failed" for e in logs))
+            await until(lambda: any(e["event"] == "email.imap_failed" for e in logs), WAIT)
             await asyncio.to_thread(stack.enter_context, dovecot(port=port))
             await room.deliver(mail(message_id="<back@customer.example>"))
             (reply,) = await room.sink.wait_for(1)
@@ -304,7 +290,7 @@ async def test_a_customer_reply_to_our_reply_lands_in_the_same_conversation(
 
 
 async def test_auto_replies_lists_and_bounces_get_no_answer(mailroom: Mailroom) -> None:
-    traffic = Traffic(mailroom.runtime.bus)
+    traffic = mailroom.traffic
     await mailroom.deliver(mail(message_id="<asked@customer.example>"))
     (ours,) = await mailroom.sink.wait_for(1)
     thread = {"In-Reply-To": str(ours["Message-ID"]), "References": str(ours["References"])}
@@ -327,7 +313,7 @@ async def test_auto_replies_lists_and_bounces_get_no_answer(mailroom: Mailroom) 
     replies = await mailroom.sink.wait_for(2)
     # A mail is marked read once it is on the bus or noted as not answered: when none is
     # unread and every turn is done, nothing else can be sent.
-    await eventually(mailroom.all_read)
+    await until(mailroom.all_read, WAIT)
     await traffic.settled()
     assert [reply["In-Reply-To"] for reply in mailroom.sink.mails] == [
         "<asked@customer.example>",
@@ -350,7 +336,7 @@ async def test_a_bounce_of_our_reply_is_reported_as_a_delivery_failure(
     await mailroom.deliver(mail(message_id="<q@customer.example>"))
     (ours,) = await mailroom.sink.wait_for(1)
     await mailroom.deliver(_bounce_of(ours))
-    await eventually(lambda: bool(reports))
+    await until(lambda: bool(reports), WAIT)
     assert reports == [
         {
             "conversation": _key("<q@customer.example>"),
@@ -415,7 +401,7 @@ async def test_bot_replies_per_sender_are_capped(
             lengths = [len(await room.transcript(_key(message_id))) for message_id in ids]
             return all(length >= 2 for length in lengths)
 
-        await eventually(all_handled)
+        await until(all_handled, WAIT)
         answered = {str(reply["In-Reply-To"]) for reply in room.sink.mails}
         assert len(room.sink.mails) == 2 and len(answered) == 2
         (refused,) = set(ids) - answered
@@ -443,7 +429,7 @@ async def test_the_smtp_listener_takes_direct_delivery(
     port = free_port()
     listen = {"host": "127.0.0.1", "port": port}
     async with _mailroom(tmp_path, sink, None, smtp_listen=listen) as room:
-        traffic = Traffic(room.runtime.bus)
+        traffic = room.traffic
         raw = mail(message_id="<direct@customer.example>")
         await aiosmtplib.send(
             raw, sender=CUSTOMER, recipients=[SUPPORT], hostname="127.0.0.1", port=port

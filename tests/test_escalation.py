@@ -13,7 +13,7 @@ from brain.escalation import EscalationJudge, upset_score, wants_human
 from gateway.app.cli import app
 from gateway.app.settings import GatewayConfig
 from gateway.message import Action, Conversation, Decision, Reason, Role, TranscriptEntry
-from tests.harness import open_gateway
+from tests.harness import Gateway
 
 JUDGE = EscalationJudge(EscalationConfig(), BrainMessages())
 
@@ -167,7 +167,9 @@ async def offline_gateway(sample_data_dir: Path):  # type: ignore[no-untyped-def
         min_confidence=1.0,
         escalation=EscalationConfig(repeated_failures=3),
     )
-    async with open_gateway(GatewayConfig(data_dir=sample_data_dir, brain=brain)) as gateway:
+    async with Gateway.open(
+        GatewayConfig(data_dir=sample_data_dir, brain=brain), embedded=True, warm=True
+    ) as gateway:
         yield gateway
 
 

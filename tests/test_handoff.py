@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from brain.config import PolicyRule
-from gateway.app.http import build_app
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.config import BusinessHours
 from gateway.handoff import TRANSITIONS, Event, Rejected, State, transition
@@ -37,8 +34,10 @@ from gateway.message import (
     new_id,
 )
 from gateway.relay import Relay, describe_opening, next_opening
-from tests.conftest import Traffic, backend, flush_redis
+from tests.conftest import backend, flush_redis
+from tests.fakes import until
 from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.harness import Gateway
 
 ESCALATIONS = "C0ESCALATE"
 DANA, DANA_NAME = "U0DANA", "Dana"
@@ -103,23 +102,14 @@ def test_the_owner_claiming_again_changes_nothing() -> None:
 # -- a gateway with the hand-off -------------------------------------------------------------
 
 
-@dataclass
-class Handoff:
-    runtime: Runtime
+@dataclass(kw_only=True)
+class Handoff(Gateway):
     slack: FakeSlack
-    http: TestClient
 
     @property
     def relay(self) -> Relay:
         assert self.runtime.relay is not None
         return self.runtime.relay
-
-    async def ask(self, conversation_id: str, text: str) -> dict[str, Any]:
-        response = await self.http.post(
-            "/api/messages", json={"conversation_id": conversation_id, "text": text}
-        )
-        assert response.status == 200, await response.text()
-        return await response.json()
 
     async def publish(self, message: Inbound) -> TurnResult:
         """Publish on the bus (as the Slack adapter does) and wait for its turn."""
@@ -184,29 +174,8 @@ async def open_handoff(
     config: GatewayConfig, slack: FakeSlack, *, timers: bool = False
 ) -> AsyncIterator[Handoff]:
     """Web and worker roles in one process; `timers` runs the relay's sweeper too."""
-    async with Runtime.open(config) as runtime:
-        tasks = [asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))]
-        if timers:
-            assert runtime.relay is not None
-            tasks.append(asyncio.create_task(runtime.relay.run()))
-        async with TestClient(TestServer(build_app(runtime))) as client:
-            yield Handoff(runtime, slack, client)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def until(condition: Callable[[], Any], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await _holds(condition):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def _holds(condition: Callable[[], Any]) -> bool:
-    outcome = condition()
-    return bool(await outcome if asyncio.iscoroutine(outcome) else outcome)
+    async with Handoff.open(config, timers=timers, slack=slack) as handoff:
+        yield handoff
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -300,7 +269,7 @@ async def test_resolving_a_conversation_the_bot_owns_is_refused_in_the_thread(
 async def test_a_delivery_report_is_posted_once_in_the_thread(
     slack: FakeSlack, sample_data_dir: Path
 ) -> None:
-    """The channel notes it in the transcript (`Adapter.report_undelivered`); the relay
+    """The channel notes it in the transcript (`ChannelContext.report_undelivered`); the relay
     only tells the agents, once however often the provider reports it."""
     async with open_handoff(handoff_config(sample_data_dir, slack), slack, timers=True) as gw:
         await gw.ask("ann", ASK_FOR_A_PERSON)
@@ -312,14 +281,15 @@ async def test_a_delivery_report_is_posted_once_in_the_thread(
             "detail": "30003 unreachable handset",
             "provider_message_id": "SM123",
         }
-        traffic = Traffic(gw.runtime.bus)
+        traffic = gw.traffic
         for _ in range(2):  # a provider reporting the same failure twice
             await gw.runtime.bus.broadcast("delivery", report)
         expected = "A message to the customer was not delivered (undelivered): 30003 unreachable"
         await until(lambda: any(line.startswith(expected) for line in gw.thread()))
         # The relay turns each report into an event on the bus: both handled, so a second
         # line would be in the thread by now.
-        await until(lambda: [m.kind for m in traffic.published] == [InboundKind.DELIVERY] * 2)
+        reports = [InboundKind.DELIVERY] * 2
+        await until(lambda: [m.kind for m in traffic.published[1:]] == reports)
         await traffic.settled()
         assert sum(line.startswith(expected) for line in gw.thread()) == 1
         transcript = await gw.runtime.store.transcript(key)
@@ -477,7 +447,7 @@ async def test_a_claimed_conversation_gets_no_more_reminders(
             reads += 1
             return later
 
-        traffic = Traffic(gw.runtime.bus)
+        traffic = gw.traffic
         gw.relay.clock = clock
         await until(lambda: reads >= 2)
         await traffic.settled()

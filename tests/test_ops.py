@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiohttp.test_utils import TestClient, TestServer
-
 from brain.config import KnowledgeConfig
-from gateway.app.http import build_app
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
-from tests.conftest import Gateway, free_port
+from tests.conftest import free_port
+from tests.harness import Gateway
 
 
 async def test_healthz_answers_ok(gateway: Gateway) -> None:
@@ -30,11 +27,8 @@ async def test_readyz_checks_bus_store_and_knowledge(gateway: Gateway) -> None:
 async def test_readyz_is_503_and_names_the_failing_part(tmp_path: Path) -> None:
     dead_chroma = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = GatewayConfig(data_dir=tmp_path, knowledge=KnowledgeConfig(chroma_url=dead_chroma))
-    async with (
-        Runtime.open(config) as runtime,
-        TestClient(TestServer(build_app(runtime))) as http,
-    ):
-        response = await http.get("/readyz")
+    async with Gateway.open(config) as gateway:
+        response = await gateway.http.get("/readyz")
         body = await response.json()
     assert response.status == 503
     assert body["status"] == "not ready"

@@ -12,7 +12,7 @@ from gateway.message import (
     Role,
     TranscriptEntry,
 )
-from tests.conftest import Gateway
+from tests.harness import Gateway
 
 
 def inbound(text: str, provider_id: str = "p1", **fields) -> Inbound:  # type: ignore[no-untyped-def]
@@ -24,10 +24,6 @@ def inbound(text: str, provider_id: str = "p1", **fields) -> Inbound:  # type: i
         provider_message_id=provider_id,
         **fields,
     )
-
-
-def customer_entry(message: Inbound) -> TranscriptEntry:
-    return TranscriptEntry(role=Role.CUSTOMER, text=message.text, message_id=message.id)
 
 
 async def roles(gateway: Gateway) -> list[str]:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app.settings import GatewayConfig
-from tests.conftest import Gateway
-from tests.harness import open_gateway
+from tests.harness import Gateway
 
 PRICING = "How much is the Duo plan in the UK?"
 
@@ -111,7 +110,7 @@ async def test_malformed_json_is_400_and_wrong_content_type_is_415(gateway: Gate
 
 async def test_bearer_token_is_required_when_configured(sample_data_dir: Path) -> None:
     config = GatewayConfig(data_dir=sample_data_dir, server={"api_token": "t0ken-value"})
-    async with open_gateway(config) as gateway:
+    async with Gateway.open(config, embedded=True, warm=True) as gateway:
         payload = {"conversation_id": "h", "text": PRICING}
         missing = await gateway.http.post("/api/messages", json=payload)
         wrong = await gateway.http.post(

@@ -6,25 +6,20 @@ pipeline; agent-side tests read what the adapter publishes on the bus.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from slack_sdk.signature import SignatureVerifier
 from structlog.testing import capture_logs
 
 from adapters.slack import EVENTS_PATH, SlackChannel, SlackConfig, web_client
 from adapters.slack_console import SlackConsole, card_blocks, open_console
-from gateway.app.http import build_app
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.console import AgentThread, EscalationCard
 from gateway.message import (
@@ -38,7 +33,7 @@ from gateway.message import (
     TranscriptEntry,
     conversation_key,
 )
-from tests.conftest import Traffic
+from tests.fakes import until
 from tests.fakes.slack_api import (
     APP_TOKEN,
     BOT_ID,
@@ -56,6 +51,7 @@ from tests.fakes.slack_api import (
     signed_headers,
     signed_interaction,
 )
+from tests.harness import Gateway
 
 PRICE_QUESTION = "How much is the Duo plan in the UK?"
 ESCALATIONS = "C0ESCALATE"
@@ -76,19 +72,6 @@ DOC_BODY = (
 DOC_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 30.0) -> None:
-    """Wait for `condition`; generous, as the first answer loads the embedder on a busy machine."""
-    deadline = time.monotonic() + within
-    while not await _evaluate(condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def _evaluate(outcome: bool | Awaitable[bool]) -> bool:
-    return await outcome if inspect.isawaitable(outcome) else outcome
-
-
 def slack_config(data_dir: Path, api_url: str, **slack: Any) -> GatewayConfig:
     settings = {
         "enabled": True,
@@ -103,13 +86,10 @@ def slack_config(data_dir: Path, api_url: str, **slack: Any) -> GatewayConfig:
     )
 
 
-@dataclass
-class SlackGateway:
+@dataclass(kw_only=True)
+class SlackGateway(Gateway):
     slack: FakeSlack
-    runtime: Runtime
-    http: TestClient
     published: list[Inbound]  # what reached the bus, when the test reads the bus itself
-    traffic: Traffic
 
     async def deliver(self, body: str, headers: dict[str, str]) -> int:
         response = await self.http.post(EVENTS_PATH, data=body, headers=headers)
@@ -155,14 +135,9 @@ async def _gateway(
     async def record(message: Inbound) -> None:
         published.append(message)
 
-    async with Runtime.open(config) as runtime:
-        consumer = asyncio.create_task(
-            runtime.bus.consume(runtime.pipeline.handle if pipeline else record)
-        )
-        async with TestClient(TestServer(build_app(runtime))) as client:
-            yield SlackGateway(slack, runtime, client, published, Traffic(runtime.bus))
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+    consume = None if pipeline else record
+    async with SlackGateway.open(config, consume=consume, slack=slack, published=published) as gw:
+        yield gw
 
 
 # -- signing ---------------------------------------------------------------------------------
@@ -186,12 +161,9 @@ async def test_documented_signing_example_is_accepted_by_the_endpoint(
         "X-Slack-Request-Timestamp": str(DOC_TIMESTAMP),
         "X-Slack-Signature": DOC_SIGNATURE,
     }
-    async with (
-        Runtime.open(config) as runtime,
-        TestClient(TestServer(build_app(runtime))) as client,
-    ):
-        genuine = await client.post(EVENTS_PATH, data=DOC_BODY, headers=headers)
-        tampered = await client.post(EVENTS_PATH, data=DOC_BODY + "------", headers=headers)
+    async with Gateway.open(config) as gateway:
+        genuine = await gateway.http.post(EVENTS_PATH, data=DOC_BODY, headers=headers)
+        tampered = await gateway.http.post(EVENTS_PATH, data=DOC_BODY + "------", headers=headers)
     # The slash command has no listener: bolt answers 404 *after* the signature passed.
     assert genuine.status == 404
     assert tampered.status == 401
@@ -707,11 +679,9 @@ async def test_socket_mode_event_is_acked_and_answered_once(
     slack: FakeSlack, sample_data_dir: Path
 ) -> None:
     config = slack_config(sample_data_dir, slack.base_url, mode="socket", signing_secret=None)
-    async with Runtime.open(config) as runtime:
-        adapter = runtime.channels["slack"]
+    async with Gateway.open(config) as gateway:
+        adapter, traffic = gateway.channel(SlackChannel), gateway.traffic
         assert adapter.routes() == []
-        traffic = Traffic(runtime.bus)
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
         await adapter.start()
         try:
             event = message_event(channel="D0SOCKET1", user="U0CUSTOM7", text=PRICE_QUESTION)
@@ -726,5 +696,3 @@ async def test_socket_mode_event_is_acked_and_answered_once(
             assert len(slack.posted("D0SOCKET1")) == 1
         finally:
             await adapter.stop()
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramChannel, TelegramConfig
@@ -17,7 +16,6 @@ from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound, conversation_key
-from tests.conftest import Traffic
 from tests.fakes import agent_reply, stored_conversation, until
 from tests.fakes.telegram_api import (
     BOT_ID,
@@ -28,21 +26,18 @@ from tests.fakes.telegram_api import (
     group_message,
     private_message,
 )
+from tests.harness import Gateway
 
 PRICE_QUESTION = "How much is the Duo plan in the UK?"
 
 
-@dataclass
-class TelegramGateway:
+@dataclass(kw_only=True)
+class TelegramGateway(Gateway):
     telegram: FakeTelegram
-    runtime: Runtime
-    http: TestClient
 
     @property
     def adapter(self) -> TelegramChannel:
-        adapter = self.runtime.channels["telegram"]
-        assert isinstance(adapter, TelegramChannel)
-        return adapter
+        return self.channel(TelegramChannel)
 
     async def deliver(self, update: dict[str, Any], *, secret: str | None = SECRET) -> int:
         headers = {SECRET_HEADER: secret} if secret is not None else {}
@@ -76,12 +71,8 @@ async def tg(
     """The gateway (web and worker roles, in-process bus) with Telegram in webhook mode."""
     monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
     config = telegram_config(sample_data_dir, telegram.url)
-    async with Runtime.open(config) as runtime:
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        async with TestClient(TestServer(build_app(runtime))) as client:
-            yield TelegramGateway(telegram, runtime, client)
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+    async with TelegramGateway.open(config, telegram=telegram) as gateway:
+        yield gateway
 
 
 async def test_webhook_update_is_answered_in_the_same_chat(tg: TelegramGateway) -> None:
@@ -106,27 +97,18 @@ async def test_redelivery_handled_by_another_worker_gets_one_answer(
         update={"redis_url": redis_url}
     )
     update = private_message(30, PRICE_QUESTION)
-    async with Runtime.open(config) as web_and_worker, Runtime.open(config) as second_worker:
-        traffic = Traffic(web_and_worker.bus)
-        consumers = [
-            asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-            for runtime in (web_and_worker, second_worker)
-        ]
-        async with TestClient(TestServer(build_app(web_and_worker))) as http:
-            for _ in range(2):
-                response = await http.post(
-                    WEBHOOK_PATH, json=update, headers={SECRET_HEADER: SECRET}
-                )
-                assert response.status == 200
-            await traffic.settled()  # both deliveries processed, on whichever worker
-        for consumer in consumers:
-            consumer.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
+    async with (
+        TelegramGateway.open(config, telegram=telegram) as web_and_worker,
+        Gateway.open(config),  # a second worker on the same Redis
+    ):
+        for _ in range(2):
+            assert await web_and_worker.deliver(update) == 200
+        await web_and_worker.traffic.settled()  # both deliveries processed, on either worker
     assert len(telegram.sent()) == 1
 
 
 async def test_redelivered_update_gets_one_answer(tg: TelegramGateway) -> None:
-    traffic = Traffic(tg.runtime.bus)
+    traffic = tg.traffic
     update = private_message(2, PRICE_QUESTION)
     assert await tg.deliver(update) == 200
     assert await tg.deliver(update) == 200  # Telegram's redelivery: same update_id
@@ -141,7 +123,7 @@ async def test_redelivered_update_gets_one_answer(tg: TelegramGateway) -> None:
 async def test_webhook_without_the_right_secret_is_refused(
     tg: TelegramGateway, secret: str | None
 ) -> None:
-    traffic = Traffic(tg.runtime.bus)
+    traffic = tg.traffic
     assert await tg.deliver(private_message(3, PRICE_QUESTION), secret=secret) == 401
     assert traffic.published == []  # refused before the bus, so nothing can be answered
     assert tg.telegram.calls == []

@@ -16,15 +16,12 @@ from typing import Any
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
 from multidict import MultiDict
 from prometheus_client import REGISTRY
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
 from adapters.twilio import split_sms
-from gateway.app.http import build_app
-from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig, parse_config
 from gateway.config import ConfigError
 from gateway.message import (
@@ -35,9 +32,10 @@ from gateway.message import (
     new_id,
     utcnow,
 )
-from tests.conftest import Traffic, backend
+from tests.conftest import backend
 from tests.fakes import agent_reply
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
+from tests.harness import Gateway
 
 VECTORS = json.loads(
     (Path(__file__).parent / "fixtures" / "twilio" / "signature_vectors.json").read_text()
@@ -81,12 +79,9 @@ def twilio_config(
     )
 
 
-@dataclass
-class TwilioGateway:
-    runtime: Runtime
-    http: TestClient
+@dataclass(kw_only=True)
+class TwilioGateway(Gateway):
     api: FakeTwilio
-    traffic: Traffic
 
     async def deliver(
         self, path: str, params: dict[str, str], *, signature: str | None = None
@@ -158,12 +153,8 @@ def whatsapp(body: str, **fields: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def running(config: GatewayConfig, api: FakeTwilio) -> AsyncIterator[TwilioGateway]:
-    async with Runtime.open(config) as runtime:
-        consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-        async with TestClient(TestServer(build_app(runtime))) as client:
-            yield TwilioGateway(runtime, client, api, Traffic(runtime.bus))
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+    async with TwilioGateway.open(config, api=api) as gateway:
+        yield gateway
 
 
 @pytest.fixture

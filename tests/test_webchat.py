@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 
-from tests.conftest import Gateway
+from tests.harness import Gateway
 
 
 async def receive_until(socket: ClientWebSocketResponse, kind: str) -> list[dict[str, Any]]:

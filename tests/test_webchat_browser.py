@@ -16,8 +16,7 @@ from playwright.async_api import Browser, Page, ViewportSize, async_playwright, 
 
 from gateway.app.settings import GatewayConfig
 from gateway.message import Outbound
-from tests.conftest import Gateway
-from tests.harness import open_gateway
+from tests.harness import Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,7 +56,7 @@ async def site(sample_data_dir: Path) -> AsyncIterator[Gateway]:
         for name in ("ANTHROPIC_API_KEY", "GATEWAY_API_TOKEN"):
             environment.delenv(name, raising=False)
         config = GatewayConfig(data_dir=sample_data_dir)
-    async with open_gateway(config) as gateway:
+    async with Gateway.open(config, embedded=True, warm=True) as gateway:
         yield gateway
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from gateway.bus.redis import GROUP, STREAM, RedisBus
 from gateway.message import Inbound, Role
 from gateway.redis_client import connect_redis
 from gateway.store.redis import RedisStore
+from tests.fakes import until
 
 CONVERSATIONS = 50
 PER_CONVERSATION = 20
@@ -43,13 +43,6 @@ async def processed_count(redis: Redis) -> int:
     return len([key async for key in redis.scan_iter("gw:processed:*", count=1000)])
 
 
-async def wait_until(condition, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
 async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
     redis_url: str, sample_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -67,7 +60,7 @@ async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
     sent: dict[str, list[str]] = defaultdict(list)
     held_at_death = 0
     try:
-        await wait_until(lambda: _started(tmp_path / "victim.log", tmp_path / "survivor.log"), 60)
+        await until(lambda: _started(tmp_path / "victim.log", tmp_path / "survivor.log"), 60)
         # Publish while both workers run, so both take messages; kill the victim the moment
         # it holds some, mid-stream.
         for n in range(PER_CONVERSATION):
@@ -89,9 +82,9 @@ async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
             await asyncio.sleep(0.2)
         assert victim.poll() is not None, "the victim never held a message to be killed with"
         assert held_at_death > 0, "the victim held no message when it was killed"
-        await wait_until(lambda: _all_processed(redis), 180)
+        await until(lambda: _all_processed(redis), 180)
         # A late duplicate could only come from an entry still held: none is, so none can.
-        await wait_until(lambda: _none_pending(redis), 60)
+        await until(lambda: _none_pending(redis), 60)
     finally:
         for process in (victim, survivor):
             if process.poll() is None:
@@ -149,10 +142,6 @@ async def _pending_of(redis: Redis, pid: int) -> int:
     if consumer is None:
         return 0
     return len(await redis.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=consumer))
-
-
-async def _some_pending(redis: Redis, pid: int) -> bool:
-    return await _pending_of(redis, pid) > 0
 
 
 async def _none_pending(redis: Redis) -> bool:

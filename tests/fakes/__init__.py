@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 from aiohttp import web
@@ -32,13 +33,17 @@ class FakeServer:
         return str(self._server.make_url("")).rstrip("/")
 
 
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait until `condition()` holds; fail the test after `within` seconds."""
+async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until `condition()` (plain or awaitable) holds; fail the test after `within` s."""
     deadline = time.monotonic() + within
-    while not condition():
+    while not await _holds(condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within:g} s")
         await asyncio.sleep(0.02)
+
+
+async def _holds(outcome: bool | Awaitable[bool]) -> bool:
+    return await outcome if inspect.isawaitable(outcome) else outcome
 
 
 async def stored_conversation(store: Store, key: str, within: float = 10.0) -> Conversation:

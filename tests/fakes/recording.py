@@ -1,0 +1,83 @@
+"""Recording test doubles for the two edges the pipeline and the relay talk to: a customer
+channel and the agents' console (as Rasa's `CollectingOutputChannel`). They keep what they
+were given, and fail on demand, so unit tests can read what a customer or an agent would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from aiohttp import web
+
+from gateway.channel import Capabilities
+from gateway.console import AgentThread, EscalationCard
+from gateway.message import Outbound, TranscriptEntry
+from gateway.split import split_text
+
+
+class RecordingChannel:
+    """`gateway.channel.Channel` that keeps every message sent and every typing signal."""
+
+    name: ClassVar[str] = "rest"
+    capabilities: ClassVar[Capabilities] = Capabilities(text_limit=40, typing=True)
+
+    def __init__(self) -> None:
+        self.sent: list[Outbound] = []
+        self.typing_in: list[str] = []
+        self.failing: Exception | None = None  # raised by the next sends, when set
+
+    @property
+    def connects(self) -> bool:
+        return False
+
+    @property
+    def texts(self) -> list[str]:
+        return [outbound.text for outbound in self.sent]
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def split(self, text: str) -> list[str]:
+        return split_text(text, self.capabilities.text_limit)
+
+    async def send(self, outbound: Outbound) -> None:
+        if self.failing is not None:
+            raise self.failing
+        self.sent.append(outbound)
+
+    async def typing(self, conversation: str) -> None:
+        self.typing_in.append(conversation)
+
+
+@dataclass
+class RecordingConsole:
+    """`gateway.console.AgentConsole` that keeps each thread's card and lines."""
+
+    cards: dict[str, EscalationCard] = field(default_factory=dict)  # thread key -> latest card
+    lines: dict[str, list[str]] = field(default_factory=dict)  # thread key -> posted lines
+    transcripts: dict[str, list[TranscriptEntry]] = field(default_factory=dict)
+
+    async def open_thread(self, card: EscalationCard, *, channel: str) -> AgentThread:
+        thread = AgentThread(channel=channel, ts=f"{len(self.cards) + 1}.000")
+        self.cards[thread.key] = card
+        self.lines[thread.key] = []
+        return thread
+
+    async def update_card(self, thread: AgentThread, card: EscalationCard) -> None:
+        self.cards[thread.key] = card
+
+    async def post_transcript(
+        self, thread: AgentThread, entries: Sequence[TranscriptEntry]
+    ) -> None:
+        self.transcripts[thread.key] = list(entries)
+
+    async def post(self, thread: AgentThread, text: str, *, mention: str | None = None) -> None:
+        self.lines[thread.key].append(f"<{mention}> {text}" if mention else text)
