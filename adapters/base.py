@@ -7,8 +7,9 @@ A channel subclasses `BaseChannel[ItsConfig]`, sets `name` (its key under `chann
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from aiohttp import web
 
@@ -66,3 +67,12 @@ class BaseChannel(ABC, Generic[ConfigT]):
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
+
+
+def parse_json(data: str | bytes) -> Any:
+    """JSON from a client; `ValueError` for whatever is not: bad syntax, bytes that are not
+    UTF-8, or nesting deeper than the parser's recursion limit (a `RecursionError` otherwise)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

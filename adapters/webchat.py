@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import re
 from collections import defaultdict
 from importlib import resources
@@ -19,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from adapters.base import BaseChannel, ChannelToggle
+from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities, ChannelContext
 from gateway.message import (
     Inbound,
@@ -106,7 +105,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         self, socket: web.WebSocketResponse, key: str, conversation_id: str, data: str
     ) -> None:
         try:
-            frame = json.loads(data)
+            frame = parse_json(data)
         except ValueError:
             await socket.send_json({"type": "error", "message": "frames must be JSON"})
             return

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
 from brain.config import CrawlConfig
+from brain.crawl import crawl
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.knowledge import KnowledgeBase
 from gateway.app.cli import app
@@ -88,6 +89,7 @@ class Site:
     failing: set[str] = field(default_factory=set)
     unlinked: set[str] = field(default_factory=set)
     throttled: dict[str, int] = field(default_factory=dict)  # path -> 429s still to answer
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> where it redirects
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -137,6 +139,8 @@ class Site:
 
     async def page(self, request: web.Request) -> web.Response:
         path = request.path
+        if path in self.redirects:
+            raise web.HTTPFound(self.redirects[path])
         if path in self.failing:
             raise web.HTTPInternalServerError()
         if self.throttled.get(path):
@@ -288,3 +292,19 @@ async def test_kb_crawl_command_reports_what_it_stored(
     bad = await asyncio.to_thread(CliRunner().invoke, app, ["kb", "crawl", "ftp://example.com/"])
     assert bad.exit_code == 2
     assert "http or https" in bad.output
+
+
+async def test_redirects_are_followed_only_inside_the_scope(site: tuple[Site, str, Site]) -> None:
+    help_site, start, offsite = site
+    help_site.redirects["/help/shipping"] = f"{help_site.offsite_url}moved"  # another site
+    help_site.redirects["/help/seasonal"] = "/elsewhere/on-this-host"  # out of the folder
+    help_site.redirects["/help/old-page"] = "/help/flaky"  # in the scope: followed
+
+    result = await crawl(start, CrawlConfig(user_agent=USER_AGENT))
+
+    assert offsite.requests == []
+    assert help_site.requested("/elsewhere/on-this-host") == 0
+    found = paths({page.url for page in result.pages}, start)
+    assert "/help/shipping" not in found and "/help/seasonal" not in found
+    assert "/help/flaky" in found and "/help/old-page" not in found
+    assert not result.failed

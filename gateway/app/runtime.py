@@ -109,6 +109,8 @@ class Runtime:
             store = MemoryStore(
                 dedupe_ttl=pipeline_config.dedupe_ttl,
                 conversation_ttl=pipeline_config.conversation_ttl,
+                max_conversations=pipeline_config.memory_max_conversations,
+                max_bytes=pipeline_config.memory_max_bytes,
             )
         else:
             bus = RedisBus(
