@@ -294,6 +294,20 @@ async def test_kb_crawl_command_reports_what_it_stored(
     assert "http or https" in bad.output
 
 
+@pytest.mark.parametrize("source", ["file:///etc/", "ftp://example.com/help/", "s3://bucket/kb"])
+def test_kb_ingest_of_a_url_that_is_not_http_is_a_clear_error(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["kb", "ingest", source])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "http or https" in said and source in said
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+
+
 async def test_redirects_are_followed_only_inside_the_scope(site: tuple[Site, str, Site]) -> None:
     help_site, start, offsite = site
     help_site.redirects["/help/shipping"] = f"{help_site.offsite_url}moved"  # another site
