@@ -56,6 +56,13 @@ class GatewayConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
+    def _webchat_key_in_data_dir(self) -> GatewayConfig:
+        webchat = self.channels.webchat
+        if webchat.secret_file is None:
+            webchat.secret_file = self.data_dir / "webchat-secret"
+        return self
+
+    @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
         """An escalation channel without the Slack app would post cards nobody can answer:
         agents' replies and button presses reach the gateway through the app's events."""
