@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,23 @@ def test_web_processes_sharing_a_data_dir_or_the_secret_agree_on_the_key(
     configured = GatewayConfig(data_dir=tmp_path / "elsewhere").channels.webchat
     assert _signing_key(configured) == b"shared-by-every-host"
     assert not (tmp_path / "elsewhere").exists()
+
+
+async def test_the_page_and_the_api_send_security_headers(gateway: Gateway) -> None:
+    page = await gateway.http.get("/")
+    policy = page.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    found = re.search(r"<script>(.*?)</script>", await page.text(), flags=re.DOTALL)
+    assert found is not None
+    digest = base64.b64encode(hashlib.sha256(found.group(1).encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy  # the page's own script, and only it
+
+    for response in (
+        page,
+        await gateway.http.get("/api/conversations/nobody"),
+        await gateway.http.get("/healthz"),
+        await gateway.http.get("/no-such-page"),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
