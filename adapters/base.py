@@ -7,10 +7,11 @@ A channel subclasses `BaseChannel[ItsConfig]`, sets `name` (its key under `chann
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -95,3 +96,12 @@ class CredentialCheck:
     @property
     def host(self) -> str:
         return urlsplit(self.address).netloc if "://" in self.address else self.address
+
+
+def parse_json(data: str | bytes) -> Any:
+    """JSON from a client; `ValueError` for whatever is not: bad syntax, bytes that are not
+    UTF-8, or nesting deeper than the parser's recursion limit (a `RecursionError` otherwise)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.base import BaseChannel, ChannelToggle
+from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities
 from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
 
@@ -137,15 +138,19 @@ async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="send the body as application/json")
     try:
-        return await request.json()
+        return parse_json(await request.read())
     except ValueError as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
 
 
 def _unprocessable(error: ValidationError) -> web.HTTPUnprocessableEntity:
+    """The problems in the JSON body: they name the client's own keys, which may hold any
+    character, and an HTTP reason phrase may not (a newline in one is a 500)."""
     problems = "; ".join(
         f"{'.'.join(str(part) for part in item['loc']) or 'body'}: "
         f"{'unknown field' if item['type'] == 'extra_forbidden' else item['msg']}"
         for item in error.errors()
     )
-    return web.HTTPUnprocessableEntity(reason=problems)
+    return web.HTTPUnprocessableEntity(
+        text=json.dumps({"error": problems}), content_type="application/json"
+    )

@@ -1,7 +1,8 @@
 """Slack: customers write by DM or @mention, and agents answer escalations in a Slack channel.
 
-Inbound, slack-bolt's `AsyncApp` does the protocol work: it verifies the signing secret (401
-otherwise), answers `url_verification` and `ssl_check`, and drops the bot's own events. Events
+Inbound, the signing secret is verified over the raw body before anything parses it (401
+otherwise); then slack-bolt's `AsyncApp` does the protocol work: it answers `url_verification`
+and `ssl_check`, and drops the bot's own events. Events
 and button presses arrive over HTTP on `POST /slack/events` (web process), or over Socket Mode
 (`slack.mode: socket`, connectors process). Each is published on the bus *before* Slack gets
 its answer (`process_before_response`), so an acknowledged event is never lost; a redelivery
@@ -22,24 +23,27 @@ The agents' console on the same Web API is `adapters/slack_console.py`.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Awaitable
 from typing import Any, Literal
 
 import structlog
-from aiohttp import ClientConnectorError, web
-from pydantic import Field, SecretStr, model_validator
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from aiohttp import ClientConnectorError, ClientError, web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
@@ -59,6 +63,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "slack"
 EVENTS_PATH = "/slack/events"
+NAME_LOOKUP_TIMEOUT = 3.0  # seconds an agent's reply waits for their display name
 
 BUTTONS = {
     "handoff_claim": InboundKind.CLAIM,
@@ -70,6 +75,49 @@ BUTTONS = {
 _PERSON_SUBTYPES = {None, "file_share", "thread_broadcast"}
 # <https://x|label>, <@U123>, <#C123|general>, <!subteam^S1|@team>: https://docs.slack.dev/messaging/formatting-message-text
 _MRKDWN_REFERENCE = re.compile(r"<([^<>|]+)(?:\|([^<>]*))?>")
+
+
+class _Envelope(BaseModel):
+    """What bolt reads of a signed body before any listener runs, in the shape Slack sends:
+    a body with these in another shape is not Slack's, and would fail inside bolt (a 500)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str = ""
+    event: _Event = None  # type: ignore[assignment]  # absent is fine; null is not Slack's
+    actions: list[_Action] = Field(default_factory=lambda: [_Action()], min_length=1)
+    user: dict[str, Any] | str = Field(default_factory=dict)
+    team: dict[str, Any] | str | None = None
+    enterprise: dict[str, Any] | str | None = None
+    channel: dict[str, Any] | str = Field(default_factory=dict)
+    container: dict[str, Any] = Field(default_factory=dict)
+    authorizations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str
+    text: str = ""
+    files: list[_File] = Field(default_factory=list)
+    message: dict[str, Any] = Field(default_factory=dict)
+    previous_message: dict[str, Any] = Field(default_factory=dict)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str | None = None
+    mimetype: str | None = None
+    size: int | None = None
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    action_id: str = ""
+    value: str = ""
+    action_ts: str = ""
 
 
 class SlackConfig(ChannelSection):
@@ -153,13 +201,14 @@ class SlackChannel(BaseChannel[SlackConfig]):
     def __init__(self, config: SlackConfig, context: ChannelContext) -> None:
         super().__init__(config, context)
         self.client = web_client(self.config)
-        events = self.config.mode == "events"
         secret = self.config.signing_secret
+        self._verifier = SignatureVerifier(secret.get_secret_value()) if secret else None
         self._app = AsyncApp(
             client=self.client,
             signing_secret=secret.get_secret_value() if secret else None,
-            # Socket Mode connections are authenticated by the app token, not signed.
-            request_verification_enabled=events,
+            # `_events` verifies HTTP requests before bolt sees them; Socket Mode connections
+            # are authenticated by the app token, not signed.
+            request_verification_enabled=False,
             # Publish on the bus, then answer Slack: an acknowledged event is never lost.
             process_before_response=True,
             name="gateway",
@@ -207,26 +256,50 @@ class SlackChannel(BaseChannel[SlackConfig]):
     # -- inbound -----------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.Response:
-        try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError:
-            log.warning("slack.malformed_body", content_type=request.content_type)
-            raise web.HTTPBadRequest(reason="body is not a Slack event or action") from None
-        response = await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
-        if response.status == 401:
+        """The signature is checked over the raw body before anything parses it (bolt would
+        parse first: a hostile unsigned body could fail there); then bolt takes the request."""
+        raw = await request.read()
+        if not self._signed(raw, request):
             log.warning(
                 "slack.rejected",
                 reason="signature or timestamp invalid",
                 has_signature="X-Slack-Signature" in request.headers,
             )
-        return response
+            return web.json_response({"error": "invalid request"}, status=401)
+        try:
+            bolt_request = AsyncBoltRequest(
+                body=raw.decode("utf-8"),
+                query=request.query_string,
+                headers=dict(request.headers),
+            )
+            _Envelope.model_validate(bolt_request.body)
+        # Bolt reads a signed body as Slack shapes it; anything else fails somewhere in there.
+        except (ValueError, RecursionError, TypeError, AttributeError, LookupError):
+            log.warning("slack.malformed_body", content_type=request.content_type)
+            raise web.HTTPBadRequest(reason="body is not a Slack event or action") from None
+        return await to_aiohttp_response(await self._app.async_dispatch(bolt_request))
+
+    def _signed(self, body: bytes, request: web.Request) -> bool:
+        """Slack's signature over `v0:{timestamp}:{body}`, within five minutes of now:
+        https://docs.slack.dev/authentication/verifying-requests-from-slack"""
+        if self._verifier is None:
+            return False
+        try:
+            return self._verifier.is_valid(
+                body,
+                timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+                signature=request.headers.get("X-Slack-Signature"),
+            )
+        except ValueError:  # a timestamp that is not a number
+            return False
 
     async def _on_message(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
         if event.get("bot_id") or event.get("subtype") not in _PERSON_SUBTYPES:
             return  # other bots, and edits, deletions, joins: not a new message from a person
         channel, ts, user = event.get("channel"), event.get("ts"), event.get("user")
         workspace = context.enterprise_id or context.team_id
-        if not channel or not ts or not user or not workspace:
+        strings = isinstance(channel, str) and isinstance(ts, str) and isinstance(user, str)
+        if not strings or not channel or not ts or not user or not workspace:
             log.warning("slack.incomplete_event", type=event.get("type"))
             return
         thread_ts = event.get("thread_ts")
@@ -285,7 +358,12 @@ class SlackChannel(BaseChannel[SlackConfig]):
             log.warning("slack.stale_button", action=action.get("action_id"), thread=parent)
             await ack()
             return
-        user = body["user"]["id"]
+        who = body.get("user")
+        user = who.get("id") if isinstance(who, dict) else None
+        if not isinstance(user, str) or not user:
+            log.warning("slack.incomplete_action", action=action.get("action_id"))
+            await ack()
+            return
         await self.context.publish(
             Inbound(
                 kind=kind,
@@ -299,17 +377,29 @@ class SlackChannel(BaseChannel[SlackConfig]):
         await ack()
 
     async def _display_name(self, user: str) -> str:
+        """The agent's Slack name, or their user id when `users.info` fails or is slow: the
+        reply or button press goes on either way (Slack does not retry a button press)."""
         if user not in self._names:
             try:
-                profile = (await self.client.users_info(user=user))["user"]
-            except SlackApiError as error:
-                log.warning("slack.users_info_failed", user=user, error=error.response["error"])
+                async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
+                    profile = (await self.client.users_info(user=user))["user"]
+            except (SlackApiError, ClientError, TimeoutError) as error:
+                log.warning("slack.users_info_failed", user=user, error=_failure(error))
                 return user  # not cached: the next event asks again
             names = profile.get("profile", {})
             self._names[user] = (
                 names.get("display_name") or names.get("real_name") or profile.get("name") or user
             )
         return self._names[user]
+
+
+def _failure(error: Exception) -> str:
+    """What went wrong with a Web API call, for the log: Slack's error code when it gave one."""
+    if isinstance(error, SlackApiError):
+        data = error.response.data
+        code = data.get("error") if isinstance(data, dict) else None
+        return str(code or f"HTTP {error.response.status_code}")
+    return type(error).__name__
 
 
 def _address(outbound: Outbound) -> tuple[str, str | None]:

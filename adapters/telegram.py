@@ -37,7 +37,7 @@ from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
+from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck, parse_json
 from adapters.markup import to_telegram_html
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import secret
@@ -197,13 +197,15 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
             log.warning("telegram.webhook_unauthorized", header_present=bool(given))
             raise web.HTTPUnauthorized(reason="wrong or missing secret token")
         try:
-            update = Update.model_validate(await request.json(), context={"bot": self._bot})
-        except ValidationError as error:
-            log.warning("telegram.webhook_malformed", problems=error.error_count())
-            raise web.HTTPBadRequest(reason="body is not a Telegram Update") from None
+            body = parse_json(await request.read())
         except ValueError:
             log.warning("telegram.webhook_malformed", problems="not JSON")
             raise web.HTTPBadRequest(reason="body is not valid JSON") from None
+        try:
+            update = Update.model_validate(body, context={"bot": self._bot})
+        except ValidationError as error:
+            log.warning("telegram.webhook_malformed", problems=error.error_count())
+            raise web.HTTPBadRequest(reason="body is not a Telegram Update") from None
         await self._accept(update)
         return web.json_response({})
 

@@ -19,12 +19,13 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import parse_qsl
 
 import aiohttp
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 import structlog
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDict, MultiMapping
 from prometheus_client import Counter
 from pydantic import Field, SecretStr, model_validator
 from tenacity import (
@@ -265,14 +266,14 @@ class TwilioChannel(BaseChannel[TwilioConfigT], Generic[TwilioConfigT]):
         await self.context.remember(reported)
         return web.Response()
 
-    async def _verified_form(self, request: web.Request) -> MultiDictProxy[Any]:
+    async def _verified_form(self, request: web.Request) -> MultiMapping[str]:
         """The form, once `X-Twilio-Signature` proves Twilio sent it; otherwise 403.
 
         Signed over the URL Twilio called, so it is rebuilt from `public_url`: behind a
         TLS-terminating proxy the request arrives as http:// on an internal host
         (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
         """
-        form = await request.post()
+        form = await _read_form(request)
         signature = request.headers.get("X-Twilio-Signature", "")
         url = self._public_url + request.raw_path
         if not signature or not self._validator.validate(url, form, signature):
@@ -386,7 +387,22 @@ class WhatsappChannel(TwilioChannel[WhatsappConfig]):
         )
 
 
-def _required(form: MultiDictProxy[Any], *names: str) -> list[str]:
+async def _read_form(request: web.Request) -> MultiMapping[str]:
+    """The webhook's fields. The signature is computed over them, so they are read first, but
+    strictly: Twilio posts them form-encoded in UTF-8, and anything else is refused (415, 400)
+    before it is checked, rather than decoded by guesswork."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        log.warning("twilio.malformed", content_type=request.content_type)
+        raise web.HTTPUnsupportedMediaType(reason="Twilio webhooks are form-encoded")
+    try:
+        text = (await request.read()).decode("utf-8")
+        return MultiDict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        log.warning("twilio.malformed", problem="not UTF-8")
+        raise web.HTTPBadRequest(reason="the form is not UTF-8") from None
+
+
+def _required(form: MultiMapping[str], *names: str) -> list[str]:
     """The named fields of a signed webhook; a 400 naming them when one is missing."""
     values = [str(form.get(name) or "") for name in names]
     if not all(values):
@@ -406,7 +422,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _attachments(form: MultiDictProxy[Any]) -> tuple[Attachment, ...]:
+def _attachments(form: MultiMapping[str]) -> tuple[Attachment, ...]:
     """`NumMedia` items of `MediaUrl{N}`/`MediaContentType{N}`, N from 0 (at most 10)."""
     count = str(form.get("NumMedia", "0"))
     attachments = []

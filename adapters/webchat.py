@@ -2,25 +2,37 @@
 
 The conversation id is a random 128-bit value the server issues and the browser keeps; it is
 the only thing that grants access to a conversation, so it is never derived from anything
-guessable. Replies reach the socket through a bus broadcast, so a reply produced by any worker
-(or, later, an agent) reaches the web process that holds the customer's socket.
+guessable. What the browser keeps is the id signed (`<id>.<HMAC>`), and only a resumed id whose
+signature holds is resumed: any other gets a new conversation, so the server resumes only ids
+it issued. The key is `GATEWAY_WEBCHAT_SECRET`; unset, a random one is created once in
+`<data_dir>/webchat-secret`, which every web process sharing the data dir reads, so they agree
+(web processes on several hosts must share the variable instead). Replies reach the socket
+through a bus broadcast, so a reply produced by any worker (or, later, an agent) reaches the
+web process that holds the customer's socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import html
-import json
+import os
 import re
+import secrets
 from collections import defaultdict
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
+from pydantic import Field, SecretStr
 
-from adapters.base import BaseChannel, ChannelToggle
+from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities, ChannelContext
+from gateway.config import secret
 from gateway.message import (
     Inbound,
     Outbound,
@@ -34,12 +46,14 @@ from gateway.topics import WEBCHAT, WebchatFrame
 log = structlog.get_logger(__name__)
 
 CHANNEL = "webchat"
+SECRET_FILE = "webchat-secret"  # in the data dir, when GATEWAY_WEBCHAT_SECRET is unset
 _CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CLIENT_ID = 100
 
 
 class WebchatConfig(ChannelToggle):
     title: str = "Support"
+    secret: SecretStr | None = Field(default_factory=lambda: secret("GATEWAY_WEBCHAT_SECRET"))
 
 
 class WebchatChannel(BaseChannel[WebchatConfig]):
@@ -51,6 +65,8 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         self._sockets: defaultdict[str, set[web.WebSocketResponse]] = defaultdict(set)
         self._sending: set[asyncio.Task[None]] = set()
         self._page = _render_page(config.title)
+        self._policy = _page_policy(self._page)
+        self._key = signing_key(config, context.data_dir / SECRET_FILE)
         context.subscribe(WEBCHAT, self._on_broadcast)
 
     def routes(self) -> list[web.RouteDef]:
@@ -75,19 +91,22 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         )
 
     async def _index(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self._page, content_type="text/html")
+        return web.Response(
+            text=self._page,
+            content_type="text/html",
+            headers={"Content-Security-Policy": self._policy},
+        )
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
         await socket.prepare(request)
-        requested = request.query.get("conversation", "")
-        conversation_id = requested if _CONVERSATION_ID.match(requested) else new_id()
+        conversation_id = self._issued(request.query.get("conversation", "")) or new_id()
         key = conversation_key(CHANNEL, conversation_id)
         history = await self.context.transcript(key)
         await socket.send_json(
             {
                 "type": "hello",
-                "conversation_id": conversation_id,
+                "conversation_id": f"{conversation_id}.{self._signature(conversation_id)}",
                 "history": [_history_item(entry) for entry in history],
             }
         )
@@ -106,7 +125,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         self, socket: web.WebSocketResponse, key: str, conversation_id: str, data: str
     ) -> None:
         try:
-            frame = json.loads(data)
+            frame = parse_json(data)
         except ValueError:
             await socket.send_json({"type": "error", "message": "frames must be JSON"})
             return
@@ -129,6 +148,19 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             )
         )
         await socket.send_json({"type": "ack", "client_id": client_id})
+
+    def _signature(self, conversation_id: str) -> str:
+        return hmac.new(self._key, conversation_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _issued(self, token: str) -> str | None:
+        """The conversation id of a signed id this deployment handed out, else None."""
+        conversation_id, _, signature = token.partition(".")
+        if not _CONVERSATION_ID.match(conversation_id):
+            return None
+        if not hmac.compare_digest(signature.encode(), self._signature(conversation_id).encode()):
+            log.info("webchat.unsigned_id_replaced")
+            return None
+        return conversation_id
 
     def _on_broadcast(self, payload: WebchatFrame) -> None:
         for socket in list(self._sockets.get(payload.conversation, ())):
@@ -153,6 +185,42 @@ def _parse_frame(frame: Any, max_chars: int) -> tuple[str, str]:
 
 def _history_item(entry: TranscriptEntry) -> dict[str, Any]:
     return entry.model_dump(mode="json", include={"role", "text", "author", "at", "sources"})
+
+
+def signing_key(config: WebchatConfig, path: Path) -> bytes:
+    """The key conversation ids are signed with: the configured secret, else the one kept at
+    `path` (in the data dir), created there by the first process that needs it."""
+    if config.secret is not None:
+        return config.secret.get_secret_value().encode()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft.write_text(secrets.token_hex(32))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)  # atomic: of processes starting together, one key wins
+            log.info("webchat.secret_created", path=str(path))
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip().encode()
+
+
+def _page_policy(page: str) -> str:
+    """The page's Content-Security-Policy: its own inline script and style, allowed by hash
+    (https://www.w3.org/TR/CSP3/#external-hash), its websocket, and nothing else."""
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+        digests = (hashlib.sha256(body.encode()).digest() for body in bodies)
+        return " ".join(f"'sha256-{base64.b64encode(digest).decode()}'" for digest in digests)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 def _render_page(title: str) -> str:

@@ -41,6 +41,8 @@ HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 GONE: Final = frozenset({404, 410})
 # "Slow down" answers, retried after the Retry-After they give (capped); others fail the page.
 RETRIED: Final = frozenset({429, 503})
+REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS: Final = 5
 ATTEMPTS: Final = 3
 MAX_RETRY_AFTER: Final = 30.0
 MAX_CRAWL_DELAY: Final = 10.0
@@ -247,11 +249,13 @@ class _Crawler:
         if status in GONE:
             self._result.gone.add(url)
             return
+        if status in REDIRECTS:  # not followed: out of the scope, or too many hops
+            return
         if status != 200:
             log.info("crawl.page_failed", url=url, status=status)
             self._result.failed.add(url)
             return
-        if html is None:  # not HTML, or redirected out of the scope
+        if html is None:  # not HTML
             return
         if final != url:  # a redirect inside the scope: the page lives at its final address
             if final in self._seen or not self._robots.can_fetch(self._config.user_agent, final):
@@ -264,17 +268,30 @@ class _Crawler:
             self._result.pages.append(page)
 
     async def _get(self, url: str) -> tuple[int, str, str | None]:
-        """(status, final URL, the HTML of an in-scope page or None)."""
-        async with self._session.get(url) as response:
-            if response.status in RETRIED:
-                raise _RetryLater(response.status, _seconds(response.headers.get("Retry-After")))
-            final = _normalise(str(response.url))
-            html = None
-            ok = response.status == 200 and self._in_scope(final)
-            if ok and response.content_type in HTML_TYPES:
-                raw = await response.content.read(MAX_BYTES)
-                html = raw.decode(response.get_encoding(), errors="replace")
-            return response.status, final, html
+        """(status, final URL, the page's HTML or None). Redirects are followed here, each
+        only once its target is known to be in the scope and allowed by robots.txt, so no
+        request ever leaves the scope; one that would ends with the redirect's status."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            async with self._session.get(url, allow_redirects=False) as response:
+                status = response.status
+                if status in RETRIED:
+                    raise _RetryLater(status, _seconds(response.headers.get("Retry-After")))
+                location = response.headers.get("Location")
+                if status not in REDIRECTS or not location:
+                    html = None
+                    if status == 200 and response.content_type in HTML_TYPES:
+                        raw = await response.content.read(MAX_BYTES)
+                        html = raw.decode(response.get_encoding(), errors="replace")
+                    return status, url, html
+            target = _normalise(urljoin(url, location))
+            if not self._in_scope(target) or not self._robots.can_fetch(
+                self._config.user_agent, target
+            ):
+                log.info("crawl.redirect_not_followed", url=url, to=target)
+                return status, url, None
+            url = target
+        log.info("crawl.too_many_redirects", url=url)
+        return status, url, None
 
 
 def _retry_after(state: RetryCallState) -> float:

@@ -493,7 +493,9 @@ def _site_scope(site: CrawlResult) -> _Scope:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Supported files under ``root``, skipping hidden files and folders and licence files."""
+    """Supported files under ``root`` (resolved), skipping hidden files and folders, licence
+    files, and symlinks that lead out of ``root``: a link in a shared folder must not pull an
+    arbitrary file of the host into the answers."""
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if (
@@ -502,6 +504,9 @@ def _walk(root: Path) -> Iterator[Path]:
             and not any(part.startswith(".") for part in relative.parts)
             and path.stem.upper() not in SKIPPED_STEMS
         ):
+            if not path.resolve().is_relative_to(root):
+                log.warning("knowledge.link_outside_skipped", path=str(relative))
+                continue
             yield path
 
 

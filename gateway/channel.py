@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, SecretStr
@@ -86,11 +87,14 @@ class Limits:
 class ChannelContext:
     """Everything a channel may use of the gateway: publish, a few reads, two writes."""
 
-    def __init__(self, *, bus: Bus, store: Store, results: TurnResults, limits: Limits) -> None:
+    def __init__(
+        self, *, bus: Bus, store: Store, results: TurnResults, limits: Limits, data_dir: Path
+    ) -> None:
         self._bus = bus
         self._store = store
         self._results = results
         self.limits = limits
+        self.data_dir = data_dir  # where a channel may keep a file of its own (a signing key)
 
     async def publish(self, message: Inbound) -> None:
         """Put a message on the bus; returns once it is durable, so it may be acknowledged."""

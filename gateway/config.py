@@ -57,6 +57,14 @@ class PipelineConfig(Section):
     claim_idle: Seconds = Field(
         default=30.0, description="Redis: a message pending this long on a dead worker is claimed"
     )
+    memory_max_conversations: int = Field(
+        default=100_000, ge=1, description="no Redis: conversations kept; the oldest are evicted"
+    )
+    memory_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="no Redis: about this much memory for conversations; the oldest are evicted",
+    )
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
 from brain.config import CrawlConfig
+from brain.crawl import crawl
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.knowledge import KnowledgeBase
 from gateway.app.cli import app
@@ -88,6 +89,7 @@ class Site:
     failing: set[str] = field(default_factory=set)
     unlinked: set[str] = field(default_factory=set)
     throttled: dict[str, int] = field(default_factory=dict)  # path -> 429s still to answer
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> where it redirects
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -137,6 +139,8 @@ class Site:
 
     async def page(self, request: web.Request) -> web.Response:
         path = request.path
+        if path in self.redirects:
+            raise web.HTTPFound(self.redirects[path])
         if path in self.failing:
             raise web.HTTPInternalServerError()
         if self.throttled.get(path):
@@ -288,3 +292,33 @@ async def test_kb_crawl_command_reports_what_it_stored(
     bad = await asyncio.to_thread(CliRunner().invoke, app, ["kb", "crawl", "ftp://example.com/"])
     assert bad.exit_code == 2
     assert "http or https" in bad.output
+
+
+@pytest.mark.parametrize("source", ["file:///etc/", "ftp://example.com/help/", "s3://bucket/kb"])
+def test_kb_ingest_of_a_url_that_is_not_http_is_a_clear_error(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["kb", "ingest", source])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "http or https" in said and source in said
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+
+
+async def test_redirects_are_followed_only_inside_the_scope(site: tuple[Site, str, Site]) -> None:
+    help_site, start, offsite = site
+    help_site.redirects["/help/shipping"] = f"{help_site.offsite_url}moved"  # another site
+    help_site.redirects["/help/seasonal"] = "/elsewhere/on-this-host"  # out of the folder
+    help_site.redirects["/help/old-page"] = "/help/flaky"  # in the scope: followed
+
+    result = await crawl(start, CrawlConfig(user_agent=USER_AGENT))
+
+    assert offsite.requests == []
+    assert help_site.requested("/elsewhere/on-this-host") == 0
+    found = paths({page.url for page in result.pages}, start)
+    assert "/help/shipping" not in found and "/help/seasonal" not in found
+    assert "/help/flaky" in found and "/help/old-page" not in found
+    assert not result.failed

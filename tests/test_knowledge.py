@@ -15,6 +15,7 @@ import chromadb
 import pytest
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings
+from structlog.testing import capture_logs
 
 from brain import knowledge
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, MiniLMEmbedder, load_embedder
@@ -102,6 +103,27 @@ def test_hidden_files_and_licences_are_not_ingested(
 ) -> None:
     kb.ingest([docs])
     assert stored_sources(tmp_path / "data") == INGESTED
+
+
+def test_symlinks_out_of_the_folder_are_not_followed(
+    kb: KnowledgeBase, docs: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "private").mkdir(parents=True)
+    (outside / "secrets.md").write_text("# Secrets\n\nThe root password is hunter2.\n")
+    (outside / "private" / "notes.md").write_text("# Notes\n\nThe safe code is 1234.\n")
+    (docs / "linked-secrets.md").symlink_to(outside / "secrets.md")
+    (docs / "linked-folder").symlink_to(outside / "private", target_is_directory=True)
+    (docs / "billing-again.md").symlink_to(docs / "billing.md")  # inside: still ingested
+
+    with capture_logs() as logs:
+        kb.ingest([docs])
+
+    assert stored_sources(tmp_path / "data") == INGESTED | {"billing-again.md"}
+    skipped = [
+        entry["path"] for entry in logs if entry["event"] == "knowledge.link_outside_skipped"
+    ]
+    assert skipped == ["linked-secrets.md"]
 
 
 def test_metadata_names_root_source_title_heading_and_hash(

@@ -18,6 +18,7 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 from structlog.testing import capture_logs
 
+import adapters.slack as slack_adapter
 from adapters.slack import EVENTS_PATH, SlackChannel, SlackConfig, web_client
 from adapters.slack_console import SlackConsole, card_blocks, open_console
 from gateway.app.settings import GatewayConfig
@@ -466,6 +467,35 @@ async def test_agent_display_name_is_looked_up_once(edge: SlackGateway) -> None:
     await until(lambda: len(edge.published) == 2)
     assert [message.author for message in edge.published] == [AGENT_NAME, AGENT_NAME]
     assert len(edge.slack.calls_to("users.info")) == 1
+
+
+@pytest.mark.parametrize("failure", ["text/plain 500", "slower than the timeout"])
+async def test_agent_reply_and_button_go_through_when_users_info_fails(
+    edge: SlackGateway, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent is named by their user id instead; nothing is lost or answered 500."""
+    monkeypatch.setattr(slack_adapter, "NAME_LOOKUP_TIMEOUT", 0.2)
+    if failure == "text/plain 500":
+        edge.slack.break_next("users.info", times=2)
+    else:
+        edge.slack.slow("users.info", 1.0)
+    parent = await _escalation_thread(edge)
+    claim = block_action(
+        "handoff_claim", CUSTOMER_KEY, user=AGENT, channel=ESCALATIONS, message_ts=parent
+    )
+
+    with capture_logs() as logs:
+        assert await edge.event(_thread_reply(parent, "Refunded.")) == 200
+        assert await edge.deliver(*signed_interaction(SIGNING_SECRET, claim)) == 200
+
+    await until(lambda: len(edge.published) == 2)
+    assert [(event.kind, event.author) for event in edge.published] == [
+        (InboundKind.AGENT_REPLY, AGENT),
+        (InboundKind.CLAIM, AGENT),
+    ]
+    assert [entry["event"] for entry in logs if entry["log_level"] != "debug"] == [
+        "slack.users_info_failed"
+    ] * 2
 
 
 @pytest.mark.parametrize("text", ["note: customer is a VIP", "NOTE:customer is a VIP"])

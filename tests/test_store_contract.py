@@ -146,3 +146,38 @@ async def test_workers_on_one_redis_share_a_quota(redis_url: str) -> None:
     assert not await stores[0].within_quota("email-replies:ann@example.com", 2, 60.0)
     await first.aclose()
     await second.aclose()
+
+
+# -- the memory store's bounds (Redis bounds itself: maxmemory and key TTLs) -------------------
+
+
+async def test_memory_store_evicts_the_least_recently_written_conversation_past_its_count() -> None:
+    from structlog.testing import capture_logs
+
+    from gateway.store.memory import MemoryStore
+
+    store = MemoryStore(dedupe_ttl=86_400, conversation_ttl=3600, max_conversations=2)
+    for name in ("a", "b"):
+        await store.save(Conversation(key=f"rest:{name}", channel="rest"))
+    await store.append("rest:a", TranscriptEntry(role=Role.CUSTOMER, text="still here?"))
+    with capture_logs() as logs:
+        await store.save(Conversation(key="rest:c", channel="rest"))
+
+    assert await store.load("rest:b") is None  # written before "a" was written again
+    assert await store.load("rest:a") is not None and await store.load("rest:c") is not None
+    assert [entry["event"] for entry in logs] == ["store.evicted"]
+    assert logs[0]["conversations"] == 1
+
+
+async def test_memory_store_evicts_past_its_memory_bound_but_keeps_the_newest() -> None:
+    from gateway.store.memory import MemoryStore
+
+    store = MemoryStore(dedupe_ttl=86_400, conversation_ttl=3600, max_bytes=20_000)
+    for n in range(10):
+        entry = TranscriptEntry(role=Role.CUSTOMER, text="x" * 5_000)
+        await store.append(f"rest:{n}", entry)
+    kept = [n for n in range(10) if await store.transcript(f"rest:{n}")]
+    assert kept == [7, 8, 9]  # three 5 kB entries (and their JSON) fit in 20 kB, four do not
+
+    await store.append("rest:huge", TranscriptEntry(role=Role.CUSTOMER, text="y" * 50_000))
+    assert len(store) == 1 and await store.transcript("rest:huge")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientWebSocketResponse
 
+from adapters.webchat import SECRET_FILE, WebchatConfig, signing_key
 from tests.harness import Gateway
 
 
@@ -30,7 +36,7 @@ async def test_a_conversation_over_the_websocket(gateway: Gateway) -> None:
         hello = await socket.receive_json(timeout=5)
         assert hello["type"] == "hello" and hello["history"] == []
         conversation_id = hello["conversation_id"]
-        assert len(conversation_id) == 32
+        assert len(conversation_id.partition(".")[0]) == 32  # the id, then its signature
 
         await socket.send_json(
             {"type": "message", "text": "How long does shipping to Canada take?", "client_id": "c1"}
@@ -62,7 +68,8 @@ async def test_a_resent_message_is_answered_once(gateway: Gateway) -> None:
         # the resend before it has certainly been handled.
         await socket.send_json({"type": "message", "text": "Thanks!", "client_id": "next"})
         await receive_until(socket, "reply")
-    transcript = await gateway.runtime.store.transcript(f"webchat:{conversation_id}")
+    key = f"webchat:{conversation_id.partition('.')[0]}"
+    transcript = await gateway.runtime.store.transcript(key)
     roles = [entry.role.value for entry in transcript]
     assert roles == ["customer", "bot", "customer", "bot"]
     assert transcript[2].text == "Thanks!"
@@ -83,3 +90,56 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(gateway: Gatewa
         await socket.send_json({"type": "message", "text": "z" * 5000, "client_id": "y"})
         assert "limit is 4000" in (await socket.receive_json(timeout=5))["message"]
         assert not socket.closed
+
+
+async def test_only_ids_the_server_issued_are_resumed(gateway: Gateway) -> None:
+    async with gateway.http.ws_connect("/webchat/ws") as socket:
+        issued = (await socket.receive_json(timeout=5))["conversation_id"]
+        await socket.send_json({"type": "message", "text": "Hello", "client_id": "c1"})
+        await receive_until(socket, "ack")
+    conversation_id, _, signature = issued.partition(".")
+    forged = "0" * 32 if conversation_id != "0" * 32 else "1" * 32
+
+    for attempt in (conversation_id, f"{conversation_id}.{'f' * 32}", f"{forged}.{signature}"):
+        async with gateway.http.ws_connect(f"/webchat/ws?conversation={attempt}") as socket:
+            hello = await socket.receive_json(timeout=5)
+        assert hello["conversation_id"].partition(".")[0] not in (conversation_id, forged)
+        assert hello["history"] == []
+
+    async with gateway.http.ws_connect(f"/webchat/ws?conversation={issued}") as socket:
+        hello = await socket.receive_json(timeout=5)
+    assert hello["conversation_id"] == issued and hello["history"]
+
+
+def test_web_processes_sharing_a_data_dir_or_the_secret_agree_on_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_WEBCHAT_SECRET", raising=False)
+    kept = tmp_path / SECRET_FILE
+    assert signing_key(WebchatConfig(), kept) == signing_key(WebchatConfig(), kept)
+    assert kept.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+    monkeypatch.setenv("GATEWAY_WEBCHAT_SECRET", "shared-by-every-host")
+    elsewhere = tmp_path / "elsewhere" / SECRET_FILE
+    assert signing_key(WebchatConfig(), elsewhere) == b"shared-by-every-host"
+    assert not elsewhere.exists()
+
+
+async def test_the_page_and_the_api_send_security_headers(gateway: Gateway) -> None:
+    page = await gateway.http.get("/")
+    policy = page.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    found = re.search(r"<script>(.*?)</script>", await page.text(), flags=re.DOTALL)
+    assert found is not None
+    digest = base64.b64encode(hashlib.sha256(found.group(1).encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy  # the page's own script, and only it
+
+    for response in (
+        page,
+        await gateway.http.get("/api/conversations/nobody"),
+        await gateway.http.get("/healthz"),
+        await gateway.http.get("/no-such-page"),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]

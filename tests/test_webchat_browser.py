@@ -15,7 +15,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from gateway.app.settings import GatewayConfig
-from gateway.message import Outbound
+from gateway.message import Outbound, Role
 from tests.harness import Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -119,9 +119,9 @@ async def test_markup_in_messages_is_shown_as_text(page: Page, site: Gateway) ->
     await site.runtime.channels["webchat"].send(
         Outbound(
             channel="webchat",
-            conversation=f"webchat:{conversation_id}",
+            conversation=f"webchat:{conversation_id.partition('.')[0]}",  # id.signature
             text=f"Agent says {markup}",
-            role="agent",
+            role=Role.AGENT,
             author="<i>Ana</i>",
         )
     )

@@ -122,6 +122,15 @@ def kb_ingest(
     if not sources:
         console.print("[red]Nothing to ingest:[/red] give a PATH or set knowledge.sources.")
         raise typer.Exit(2)
+    from brain.crawl import is_url
+
+    other = [source for source in sources if "://" in source and not is_url(source)]
+    if other:
+        console.print(
+            f"[red]Not a file, folder or web address:[/red] {', '.join(other)} "
+            "(give a path, or an http or https URL)"
+        )
+        raise typer.Exit(2)
     missing = [path for path in sources if "://" not in path and not Path(path).exists()]
     if missing:
         console.print(f"[red]No such file or folder:[/red] {', '.join(missing)}")

@@ -55,6 +55,7 @@ class Runtime:
             bus=self.bus,
             store=self.store,
             results=self.results,
+            data_dir=config.data_dir,
             limits=Limits(
                 max_message_chars=config.server.max_message_chars,
                 reply_timeout=config.pipeline.reply_timeout,
@@ -109,6 +110,8 @@ class Runtime:
             store = MemoryStore(
                 dedupe_ttl=pipeline_config.dedupe_ttl,
                 conversation_ttl=pipeline_config.conversation_ttl,
+                max_conversations=pipeline_config.memory_max_conversations,
+                max_bytes=pipeline_config.memory_max_bytes,
             )
         else:
             bus = RedisBus(

@@ -1,4 +1,9 @@
-"""The embedded store: one process, nothing to run; idle conversations and dedupe marks expire."""
+"""The embedded store: one process, nothing to run; idle conversations and dedupe marks expire.
+
+Conversations are also bounded in count and in (approximate) memory: past either bound, the
+least recently written ones are evicted (every turn writes its conversation), so a flood of
+new conversations cannot grow the process without limit.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import structlog
+
 from gateway.message import Conversation, TranscriptEntry
+
+log = structlog.get_logger(__name__)
 
 QUOTA_KEYS = 10_000  # quota counters kept before the expired ones are swept
 
@@ -18,12 +27,24 @@ class _Record:
     conversation: str | None = None  # Conversation as JSON
     transcript: list[TranscriptEntry] = field(default_factory=list)
     touched: float = 0.0
+    size: int = 0  # bytes of the conversation's and its entries' JSON: a proxy for memory
 
 
 class MemoryStore:
-    def __init__(self, *, dedupe_ttl: float, conversation_ttl: float) -> None:
+    def __init__(
+        self,
+        *,
+        dedupe_ttl: float,
+        conversation_ttl: float,
+        max_conversations: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        """`max_conversations` and `max_bytes` bound what is kept (None: no bound)."""
         self._dedupe_ttl = dedupe_ttl
         self._conversation_ttl = conversation_ttl
+        self._max_conversations = max_conversations
+        self._max_bytes = max_bytes
+        self._bytes = 0
         # Both maps are kept in expiry order (every write moves its key to the end),
         # so purging expired entries only ever looks at the front.
         self._processed: OrderedDict[str, float] = OrderedDict()
@@ -49,10 +70,15 @@ class MemoryStore:
         return Conversation.model_validate_json(saved) if saved else None
 
     async def save(self, conversation: Conversation) -> None:
-        self._touch(conversation.key).conversation = conversation.model_dump_json()
+        record = self._touch(conversation.key)
+        saved = conversation.model_dump_json()
+        self._grow(record, len(saved) - len(record.conversation or ""))
+        record.conversation = saved
 
     async def append(self, key: str, entry: TranscriptEntry) -> None:
-        self._touch(key).transcript.append(entry)
+        record = self._touch(key)
+        record.transcript.append(entry)
+        self._grow(record, len(entry.model_dump_json()))
 
     async def transcript(self, key: str, last: int | None = None) -> list[TranscriptEntry]:
         record = self._records.get(key)
@@ -108,10 +134,36 @@ class MemoryStore:
         self._records.move_to_end(key)
         return record
 
+    def _grow(self, record: _Record, size: int) -> None:
+        """Count `size` more bytes for `record` (the newest), then evict the least recently
+        written conversations while a bound is exceeded; the newest one is always kept."""
+        record.size += size
+        self._bytes += size
+        evicted = 0
+        while len(self._records) > 1 and (
+            (self._max_conversations is not None and len(self._records) > self._max_conversations)
+            or (self._max_bytes is not None and self._bytes > self._max_bytes)
+        ):
+            self._timers.pop(self._drop_oldest(), None)
+            evicted += 1
+        if evicted:
+            log.warning(
+                "store.evicted",
+                conversations=evicted,
+                kept=len(self._records),
+                bytes=self._bytes,
+                hint="raise pipeline.memory_max_conversations / memory_max_bytes, or use Redis",
+            )
+
+    def _drop_oldest(self) -> str:
+        key, record = self._records.popitem(last=False)
+        self._bytes -= record.size
+        return key
+
     def _purge(self) -> None:
         now = time.monotonic()
         while self._processed and next(iter(self._processed.values())) < now:
             self._processed.popitem(last=False)
         horizon = now - self._conversation_ttl
         while self._records and next(iter(self._records.values())).touched < horizon:
-            self._records.popitem(last=False)
+            self._drop_oldest()

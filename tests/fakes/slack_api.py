@@ -66,6 +66,8 @@ class _Script:
     rate_limited: int = 0
     retry_after: int = 1
     errors: list[str] = field(default_factory=list)
+    broken: int = 0  # calls answered HTTP 500 with a text/plain body, as a proxy in front might
+    delay: float = 0.0  # seconds every call waits before it is answered
 
 
 class FakeSlack:
@@ -132,6 +134,14 @@ class FakeSlack:
         """The next `times` calls of `method` answer HTTP 200 `{"ok": false, "error": error}`."""
         self._scripts[method].errors.extend([error] * times)
 
+    def break_next(self, method: str, *, times: int = 1) -> None:
+        """The next `times` calls of `method` answer HTTP 500 with a text/plain body."""
+        self._scripts[method].broken += times
+
+    def slow(self, method: str, seconds: float) -> None:
+        """Every call of `method` is answered after `seconds`."""
+        self._scripts[method].delay = seconds
+
     # -- inspection --------------------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
@@ -169,6 +179,10 @@ class FakeSlack:
         token = _bearer(request) or args.pop("token", None)
         self.calls.append(Call(method, args, token))
         script = self._scripts[method]
+        await asyncio.sleep(script.delay)
+        if script.broken:
+            script.broken -= 1
+            return web.Response(status=500, text="upstream failed", content_type="text/plain")
         if script.rate_limited:
             script.rate_limited -= 1
             # https://api.slack.com/docs/rate-limits: 429, Retry-After, ok=false ratelimited
