@@ -3,7 +3,9 @@
 The conversation id is a random 128-bit value the server issues and the browser keeps; it is
 the only thing that grants access to a conversation, so it is never derived from anything
 guessable. Replies reach the socket through a bus broadcast, so a reply produced by any worker
-(or, later, an agent) reaches the web process that holds the customer's socket.
+(or, later, an agent) reaches the web process that holds the customer's socket. A broadcast
+lost while the bus reconnected is made good by sending each socket its history again (a
+`history` frame, which the page redraws); the page's own reconnect gets it in `hello`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ CHANNEL = "webchat"
 TOPIC = "webchat"
 _CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CLIENT_ID = 100
+# A reply reaches the transcript just after its broadcast: the history is sent again this much
+# later too, in case the first resend read the transcript in between.
+RESYNC_SETTLE_SECONDS = 2.0
 
 
 @register(CHANNEL)
@@ -50,6 +55,7 @@ class WebchatAdapter(Adapter):
         self._sending: set[asyncio.Task[None]] = set()
         self._page = _render_page(runtime.config.channels.webchat.title)
         runtime.bus.subscribe(TOPIC, self._on_broadcast)
+        runtime.bus.on_resync(self._resend_histories)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self._index), web.get("/webchat/ws", self._websocket)]
@@ -127,6 +133,18 @@ class WebchatAdapter(Adapter):
             )
         )
         await socket.send_json({"type": "ack", "client_id": client_id})
+
+    async def _resend_histories(self) -> None:
+        """Broadcasts may have been missed: every socket here gets its conversation again."""
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(RESYNC_SETTLE_SECONDS)
+            for key, sockets in list(self._sockets.items()):
+                transcript = await self.runtime.store.transcript(key)
+                history = [_history_item(entry) for entry in transcript]
+                for socket in list(sockets):
+                    if not socket.closed:
+                        await _send_frame(socket, {"type": "history", "history": history})
 
     def _on_broadcast(self, payload: dict[str, Any]) -> None:
         for socket in list(self._sockets.get(payload["conversation"], ())):
