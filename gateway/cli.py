@@ -8,7 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import BaseModel, SecretStr
@@ -26,6 +26,9 @@ from rich.table import Table
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.message import TurnResult
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
 kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
@@ -242,35 +245,62 @@ def check(config: ConfigOption = None) -> None:
     settings = _load(config, quiet=True)
     results = asyncio.run(_check(settings))
     table = Table("check", "status", "detail")
-    for name, ok, detail in results:
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+    styles = {"ok": "green", "warning": "yellow", "failed": "red"}
+    for name, status, detail in results:
+        table.add_row(name, f"[{styles[status]}]{status}[/{styles[status]}]", detail)
     console.print(table)
-    if not all(ok for _, ok, _ in results):
+    if any(status == "failed" for _, status, _ in results):
         raise typer.Exit(1)
 
 
-async def _check(settings: GatewayConfig) -> list[tuple[str, bool, str]]:
+CheckRow = tuple[str, Literal["ok", "warning", "failed"], str]
+
+
+async def _check(settings: GatewayConfig) -> list[CheckRow]:
     from gateway.redis_client import connect_redis
     from gateway.runtime import open_knowledge
 
-    results: list[tuple[str, bool, str]] = [("config", True, "valid")]
+    results: list[CheckRow] = [("config", "ok", "valid")]
     if settings.redis_url:
         redis = connect_redis(settings.redis_url)
         try:
             await asyncio.wait_for(redis.ping(), 5)
-            results.append(("redis", True, "reachable"))
+            results.append(("redis", "ok", "reachable"))
+            results.append(await _redis_persistence(redis))
         except Exception as error:
-            results.append(("redis", False, f"{type(error).__name__}: {error}"))
+            results.append(("redis", "failed", f"{type(error).__name__}: {error}"))
         finally:
             await redis.aclose()
     else:
-        results.append(("redis", True, "not configured: in-process bus and store"))
+        results.append(("redis", "ok", "not configured: in-process bus and store"))
     knowledge = open_knowledge(settings)
     where = settings.knowledge.chroma_url or f"embedded in {settings.data_dir}"
     try:
         await asyncio.wait_for(knowledge.ping(), 5)
         chunks = await asyncio.to_thread(knowledge.count)
-        results.append(("chroma", True, f"{where}, {chunks} chunks"))
+        results.append(("chroma", "ok", f"{where}, {chunks} chunks"))
     except Exception as error:
-        results.append(("chroma", False, f"{where}: {type(error).__name__}: {error}"))
+        results.append(("chroma", "failed", f"{where}: {type(error).__name__}: {error}"))
     return results
+
+
+async def _redis_persistence(redis: Redis) -> CheckRow:
+    """Messages acknowledged to providers live on the Redis stream: without AOF a restart loses
+    them. A warning, not a failure: a throwaway Redis is fine for trying the gateway out."""
+    from redis.exceptions import ResponseError
+
+    try:  # managed Redis often disables or renames CONFIG; INFO says the same
+        aof = (await redis.config_get("appendonly")).get("appendonly") in ("yes", b"yes")
+    except ResponseError:
+        try:
+            aof = (await redis.info("persistence")).get("aof_enabled") == 1
+        except ResponseError as error:
+            return ("redis persistence", "warning", f"unknown ({error}): make sure AOF is on")
+    if aof:
+        return ("redis persistence", "ok", "appendonly yes")
+    return (
+        "redis persistence",
+        "warning",
+        "appendonly is off: a Redis restart loses queued messages (already acknowledged to "
+        "providers), conversations and dedupe marks; set appendonly yes (README, Production)",
+    )
