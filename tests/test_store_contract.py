@@ -119,3 +119,12 @@ async def test_a_loaded_conversation_changes_the_store_only_when_saved(store_fac
     await store.save(loaded)
     saved = await store.load("rest:alice")
     assert saved is not None and saved.mode is Mode.HUMAN
+
+
+async def test_a_saved_response_is_kept_as_long_as_the_dedupe_mark(store_factory) -> None:
+    store: Store = store_factory(dedupe_ttl=1)
+    assert await store.saved_response("rest:key-1") is None
+    await store.save_response("rest:key-1", '{"status": 200}')
+    assert await store.saved_response("rest:key-1") == '{"status": 200}'
+    await asyncio.sleep(1.2)
+    assert await store.saved_response("rest:key-1") is None
