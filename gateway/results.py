@@ -95,7 +95,11 @@ class TurnResults:
         task.add_done_callback(self._recalls.discard)
 
     async def _recheck(self, message_id: str, fallback: TurnResult | None = None) -> None:
-        payload = await self._bus.recall(_kept_key(message_id))
+        try:
+            payload = await self._bus.recall(_kept_key(message_id))
+        except Exception as exc:  # the bus is down: the next recheck or resync tries again
+            log.warning("results.recheck_failed", error=str(exc))
+            return
         waiting = self._waiting.get(message_id)
         if waiting is None or waiting.future.done():
             return
@@ -112,13 +116,7 @@ class TurnResults:
             for message_id, waiting in list(self._waiting.items())
             if not waiting.future.done() and now - waiting.since >= older_than
         ]
-        outcomes = await asyncio.gather(
-            *(self._recheck(message_id) for message_id in pending), return_exceptions=True
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.warning("results.recheck_failed", error=str(outcome))
-                break
+        await asyncio.gather(*(self._recheck(message_id) for message_id in pending))
 
     async def _recheck_while_waiting(self) -> None:
         """The safety net for a lost broadcast the bus could not notice; stopped when no one

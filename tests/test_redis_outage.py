@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import RedisError
 from typer.testing import CliRunner
 
-from gateway.bus.redis import STREAM, RedisBus
+from gateway.bus.redis import GROUP, STREAM, RedisBus
 from gateway.cli import _check, app
 from gateway.config import GatewayConfig
 from gateway.message import Inbound, TranscriptEntry
@@ -80,6 +80,13 @@ async def test_workers_resume_when_redis_comes_back_empty(
     redis_process: StartRedis, how: str
 ) -> None:
     server = redis_process()  # no AOF, no snapshots: a restart comes back empty
+    with server.client() as admin:
+        await _lose_everything_under_a_worker(server, how, admin)
+
+
+async def _lose_everything_under_a_worker(
+    server: RedisProcess, how: str, admin: redis.Redis
+) -> None:
     in_flight, release = asyncio.Event(), asyncio.Event()
     handled: list[str] = []
 
@@ -91,16 +98,19 @@ async def test_workers_resume_when_redis_comes_back_empty(
 
     async with redis_bus(server) as bus, consuming(bus, handler):
         await bus.publish(message("c1", 0))
-        await asyncio.wait_for(in_flight.wait(), 5)
-        await lose_everything(server, how)
-        release.set()  # it finishes after Redis lost it: that must not mark c1's new ones done
-        await wait_for(lambda: "c1-0" in handled, seconds=5)
-        started = time.monotonic()
         await bus.publish(message("c1", 1))
+        await asyncio.wait_for(in_flight.wait(), 5)
+        # c1-0 in flight and c1-1 read, queued behind it, when Redis loses everything.
+        await until(lambda: admin.xpending(STREAM, GROUP)["pending"] == 2, 5)
+        await lose_everything(server, how)
+        release.set()  # finishing after Redis lost them must not mark c1's new ones done
+        await wait_for(lambda: handled == ["c1-0", "c1-1"], seconds=5)
+        started = time.monotonic()
+        await bus.publish(message("c1", 2))
         await bus.publish(message("c2", 0))
-        await wait_for(lambda: {"c1-1", "c2-0"} <= set(handled), seconds=5)
+        await wait_for(lambda: {"c1-2", "c2-0"} <= set(handled), seconds=5)
         print(f"\n{how}: new messages handled {time.monotonic() - started:.2f}s after publish")
-    assert handled.count("c1-1") == 1 and handled.count("c2-0") == 1
+    assert sorted(handled) == ["c1-0", "c1-1", "c1-2", "c2-0"]
 
 
 @pytest.mark.parametrize("how", ["sigkill", "shutdown"])

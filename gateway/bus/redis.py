@@ -88,8 +88,8 @@ def _sequence_key(conversation: str) -> str:
 
 def _group_lost(error: RedisError) -> bool:
     """Redis no longer has the stream's consumer group: it restarted empty, failed over to a
-    replica without it, or was flushed."""
-    return isinstance(error, ResponseError) and str(error).startswith("NOGROUP")
+    replica without it, or was flushed (UNBLOCKED: while a read was waiting on it)."""
+    return isinstance(error, ResponseError) and str(error).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 class BusUnavailable(Exception):
