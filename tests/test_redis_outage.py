@@ -113,6 +113,37 @@ async def _lose_everything_under_a_worker(
     assert sorted(handled) == ["c1-0", "c1-1", "c1-2", "c2-0"]
 
 
+async def test_a_turn_that_failed_while_redis_was_down_is_done_once_it_is_back_empty(
+    redis_process: StartRedis,
+) -> None:
+    """Nobody could claim the entry again (Redis lost it): the worker that holds it retries."""
+    server = redis_process()
+    in_flight, release, failed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+    store = connect_redis(server.url())  # what the turn itself reads and writes
+    async with redis_bus(server) as bus:
+
+        async def handler(m: Inbound) -> None:
+            in_flight.set()
+            await release.wait()
+            try:
+                await store.incr("turns")
+            except RedisError:
+                failed.set()
+                raise
+            done.append(m.provider_message_id)
+
+        async with consuming(bus, handler):
+            await bus.publish(message("c1", 0))
+            await asyncio.wait_for(in_flight.wait(), 5)
+            server.kill()
+            release.set()
+            await asyncio.wait_for(failed.wait(), 20)
+            server.start()  # empty
+            await wait_for(lambda: done == ["c1-0"], seconds=20)
+    await store.aclose()
+
+
 @pytest.mark.parametrize("how", ["sigkill", "shutdown"])
 async def test_with_aof_nothing_acknowledged_is_lost(redis_process: StartRedis, how: str) -> None:
     server = redis_process(appendonly=True)

@@ -46,6 +46,7 @@ TOPIC_PREFIX = "gw:topic:"
 KEPT_PREFIX = "gw:kept:"
 READ_BATCH = 64
 RETRY_SECONDS = 1.0
+HANDLER_RETRIES = 4  # after 1, 2, 4 and 8 s: a Redis restart or failover is ridden out
 LISTEN_POLL_SECONDS = 1.0
 SUBSCRIBED_WAIT_SECONDS = 1.0  # how long a readiness ping waits for a subscription under way
 
@@ -194,21 +195,31 @@ class RedisBus:
 
     async def _handle(self, entry: _Entry) -> None:
         assert self._handler is not None
-        try:
-            if entry.message is None:
-                log.error("bus.unreadable_entry", entry_id=entry.entry_id)
-            else:
-                await self._handler(entry.message)
-        except RedisError as exc:
-            # Redis itself failed mid-message: leave the entry pending so that it is
-            # claimed again after `claim_idle` (by this worker or another).
-            log.warning("bus.handler_redis_error", entry_id=entry.entry_id, error=str(exc))
-            self._held.discard(entry.entry_id)
-            return
-        except Exception:
-            # Anything else is a bug the pipeline did not contain: retrying cannot help,
-            # and holding the entry would block the conversation forever.
-            log.exception("bus.handler_failed", entry_id=entry.entry_id)
+        for attempt in range(HANDLER_RETRIES + 1):
+            try:
+                if entry.message is None:
+                    log.error("bus.unreadable_entry", entry_id=entry.entry_id)
+                else:
+                    await self._handler(entry.message)
+                break
+            except RedisError as exc:
+                # Redis itself failed mid-message. Tried again here first: a Redis that
+                # restarted empty no longer has the entry for anyone to claim, and the
+                # pipeline finds what an earlier attempt recorded. Then left pending, to be
+                # claimed after `claim_idle` (by this worker or another).
+                retry = attempt < HANDLER_RETRIES
+                log.warning(
+                    "bus.handler_redis_error", entry_id=entry.entry_id, error=str(exc), retry=retry
+                )
+                if not retry:
+                    self._held.discard(entry.entry_id)
+                    return
+                await asyncio.sleep(RETRY_SECONDS * 2**attempt)
+            except Exception:
+                # Anything else is a bug the pipeline did not contain: retrying cannot help,
+                # and holding the entry would block the conversation forever.
+                log.exception("bus.handler_failed", entry_id=entry.entry_id)
+                break
         try:
             await self._finish(entry)
         except RedisError as exc:
