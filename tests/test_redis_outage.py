@@ -20,6 +20,7 @@ import pytest
 import redis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Application, Request
 from redis.exceptions import RedisError
 from typer.testing import CliRunner
 
@@ -34,6 +35,7 @@ from tests.redis_process import RedisProcess
 from tests.test_bus_contract import consuming, message, wait_for
 
 StartRedis = Callable[..., RedisProcess]
+Http = TestClient[Request, Application]
 PRICING = "How much is the Duo plan in the UK?"
 # How long Redis stays down in a restart: long enough for every client to notice.
 DOWNTIME = 1.0
@@ -178,7 +180,7 @@ async def test_with_aof_nothing_acknowledged_is_lost(redis_process: StartRedis, 
     assert len(acknowledged) >= 150
 
 
-async def readyz(http: TestClient, status: int, seconds: float = 10) -> dict[str, Any]:
+async def readyz(http: Http, status: int, seconds: float = 10) -> dict[str, Any]:
     """/readyz's body once it answers `status` (polled)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -294,7 +296,7 @@ class Partition:
 @asynccontextmanager
 async def web_and_worker(
     server: RedisProcess, sample_data_dir: Path, partition: Partition
-) -> AsyncIterator[tuple[Runtime, TestClient, Runtime]]:
+) -> AsyncIterator[tuple[Runtime, Http, Runtime]]:
     """A web process (as the `web` user, behind a real HTTP server) and a worker runtime whose
     consumer the test starts."""
     web_config = GatewayConfig(data_dir=sample_data_dir, redis_url=partition.web_url)
@@ -310,7 +312,10 @@ async def web_and_worker(
 
 @asynccontextmanager
 async def working(worker: Runtime) -> AsyncIterator[None]:
-    task = asyncio.create_task(worker.bus.consume(worker.pipeline.handle))
+    async def handle(m: Inbound) -> None:
+        await worker.pipeline.handle(m)
+
+    task = asyncio.create_task(worker.bus.consume(handle))
     try:
         yield
     finally:
