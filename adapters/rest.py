@@ -4,12 +4,15 @@ POST /api/messages publishes the message and waits (up to `pipeline.reply_timeou
 turn result; GET /api/conversations/{id} returns the mode and transcript, which is also where
 replies that come later (from an agent) can be read. Protected by `Authorization: Bearer
 $GATEWAY_API_TOKEN` when that variable is set. An `Idempotency-Key` header makes a retried POST
-safe: the same key is processed once.
+safe: the same key is processed once, and a retry gets the first attempt's response (status and
+body, with `Idempotent-Replayed: true`) for the dedupe TTL, waiting for it while the first is
+still being processed; a web process that died mid-request does not change that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 from typing import Any
@@ -60,23 +63,30 @@ class RestChannel(BaseChannel[ChannelToggle]):
                 text=f'{{"error": "text is {len(payload.text)} characters; the limit is {limit}"}}',
                 content_type="application/json",
             )
+        idempotency_key = request.headers.get("Idempotency-Key")
+        conversation = conversation_key(CHANNEL, payload.conversation_id)
         message = Inbound(
+            id=_message_id(conversation, idempotency_key) if idempotency_key else new_id(),
             channel=CHANNEL,
-            conversation=conversation_key(CHANNEL, payload.conversation_id),
+            conversation=conversation,
             sender=payload.sender or payload.conversation_id,
             text=payload.text,
-            provider_message_id=request.headers.get("Idempotency-Key") or new_id(),
+            provider_message_id=idempotency_key or new_id(),
         )
-        with self.context.await_result(message.id) as result:
-            await self.context.publish(message)
+        context = self.context
+        if idempotency_key and (saved := await context.saved_response(message.dedupe_key)):
+            return _replay(saved, payload.conversation_id)
+        with context.await_result(message.id) as result:
+            await context.publish(message)
             try:
-                turn = await asyncio.wait_for(result, self.context.limits.reply_timeout)
+                # Shielded: a retry in flight at the same time waits on the same future.
+                turn = await asyncio.wait_for(asyncio.shield(result), context.limits.reply_timeout)
             except TimeoutError:
                 return web.json_response(
                     {"conversation_id": payload.conversation_id, "status": "processing"},
                     status=202,
                 )
-        if turn.duplicate:
+        if turn.duplicate:  # processed, but its response is no longer known
             return web.json_response(
                 {
                     "error": "this Idempotency-Key was already processed; "
@@ -84,7 +94,11 @@ class RestChannel(BaseChannel[ChannelToggle]):
                 },
                 status=409,
             )
-        return web.json_response(answer_body(payload.conversation_id, turn))
+        body = answer_body(payload.conversation_id, turn)
+        if idempotency_key:
+            saved = json.dumps({"status": 200, "body": body})
+            await context.save_response(message.dedupe_key, saved)
+        return web.json_response(body)
 
     async def _get_conversation(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -115,6 +129,23 @@ class RestChannel(BaseChannel[ChannelToggle]):
             raise web.HTTPUnauthorized(
                 reason="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+
+
+def _message_id(conversation: str, idempotency_key: str) -> str:
+    """The same for every attempt with this key in this conversation, so that a retry (on any
+    web process) can be answered with the first attempt's turn result."""
+    return hashlib.sha256(f"{conversation}\n{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _replay(saved: str, conversation_id: str) -> web.Response:
+    response = json.loads(saved)
+    if response["body"].get("conversation_id") != conversation_id:
+        raise web.HTTPUnprocessableEntity(
+            reason="this Idempotency-Key was already used for another conversation"
+        )
+    return web.json_response(
+        response["body"], status=response["status"], headers={"Idempotent-Replayed": "true"}
+    )
 
 
 def answer_body(conversation_id: str, turn: TurnResult) -> dict[str, Any]:

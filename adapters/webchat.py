@@ -8,7 +8,9 @@ it issued. The key is `GATEWAY_WEBCHAT_SECRET`; unset, a random one is created o
 `<data_dir>/webchat-secret`, which every web process sharing the data dir reads, so they agree
 (web processes on several hosts must share the variable instead). Replies reach the socket
 through a bus broadcast, so a reply produced by any worker (or, later, an agent) reaches the
-web process that holds the customer's socket.
+web process that holds the customer's socket. A broadcast lost while the bus reconnected is
+made good by sending each socket its history again (a `history` frame, which the page
+redraws); the page's own reconnect gets it in `hello`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ CHANNEL = "webchat"
 SECRET_FILE = "webchat-secret"  # in the data dir, when GATEWAY_WEBCHAT_SECRET is unset
 _CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CLIENT_ID = 100
+# A reply reaches the transcript just after its broadcast: the history is sent again this much
+# later too, in case the first resend read the transcript in between.
+RESYNC_SETTLE_SECONDS = 2.0
 
 
 class WebchatConfig(ChannelToggle):
@@ -68,6 +73,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         self._policy = _page_policy(self._page)
         self._key = signing_key(config, context.data_dir / SECRET_FILE)
         context.subscribe(WEBCHAT, self._on_broadcast)
+        context.on_resync(self._resend_histories)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self._index), web.get("/webchat/ws", self._websocket)]
@@ -148,6 +154,18 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             )
         )
         await socket.send_json({"type": "ack", "client_id": client_id})
+
+    async def _resend_histories(self) -> None:
+        """Broadcasts may have been missed: every socket here gets its conversation again."""
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(RESYNC_SETTLE_SECONDS)
+            for key, sockets in list(self._sockets.items()):
+                transcript = await self.context.transcript(key)
+                history = [_history_item(entry) for entry in transcript]
+                for socket in list(sockets):
+                    if not socket.closed:
+                        await _send_frame(socket, {"type": "history", "history": history})
 
     def _signature(self, conversation_id: str) -> str:
         return hmac.new(self._key, conversation_id.encode(), hashlib.sha256).hexdigest()[:32]

@@ -89,7 +89,7 @@ def start_gateway(args: argparse.Namespace, port: int, workdir: Path) -> subproc
     env.pop("REDIS_URL", None)
     if args.redis:
         env["REDIS_URL"] = args.redis
-    command = [sys.executable, "-m", "gateway", "serve"]
+    command = [sys.executable, "-m", "gateway.app", "serve"]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 

@@ -9,7 +9,7 @@ never see the runtime or the whole config: only their own section and this conte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,10 @@ class ChannelContext:
     def subscribe(self, topic: Topic[PayloadT], listener: Callable[[PayloadT], None]) -> None:
         topics.subscribe(self._bus, topic, listener)
 
+    def on_resync(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call `callback` whenever broadcasts may have been missed (the bus reconnected)."""
+        self._bus.on_resync(callback)
+
     def await_result(self, message_id: str) -> AbstractContextManager[asyncio.Future[TurnResult]]:
         """Enter before publishing `message_id`, then await the future for its `TurnResult`."""
         return self._results.expect(message_id)
@@ -126,6 +130,13 @@ class ChannelContext:
 
     async def remember(self, mark: str) -> None:
         await self._store.mark_processed(mark)
+
+    async def saved_response(self, key: str) -> str | None:
+        """The response saved for a request key (an `Idempotency-Key`), to replay it."""
+        return await self._store.saved_response(key)
+
+    async def save_response(self, key: str, response: str) -> None:
+        await self._store.save_response(key, response)
 
     async def within_quota(self, key: str, limit: int, window: float) -> bool:
         """Count one use of `key`; False once it was used `limit` times in this `window`."""

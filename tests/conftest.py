@@ -6,8 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
@@ -16,6 +17,9 @@ from redis.asyncio import Redis
 from gateway.app.settings import GatewayConfig
 from gateway.redis_client import connect_redis
 from tests.harness import Gateway
+
+if TYPE_CHECKING:
+    from tests.redis_process import RedisProcess
 
 TESTS = Path(__file__).parent
 SAMPLE_KB = TESTS.parent / "config" / "knowledge"
@@ -66,12 +70,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     structlog.configure(**saved)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, for the whole session."""
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(NOT_INSTALLED.format(binary="redis-server", package="redis-server"))
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, for the whole session."""
+    binary = redis_binary()
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
@@ -104,6 +113,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Dedicated redis-servers a test may kill and restart: `redis_process(appendonly=True,
+    extra=[...])`; each has its own port and dir, and all are stopped after the test."""
+    from tests.redis_process import RedisProcess
+
+    binary = redis_binary()
+    started: list[RedisProcess] = []
+
+    def start(*, appendonly: bool = False, extra: list[str] | None = None) -> RedisProcess:
+        workdir = tmp_path / f"redis-{len(started)}"
+        workdir.mkdir()
+        started.append(RedisProcess(binary, workdir, appendonly=appendonly, extra=extra or []))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

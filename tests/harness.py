@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
-from gateway.bus import Bus
+from gateway.bus import Bus, Keep
 from gateway.channel import Channel
 from gateway.message import Inbound, TurnResult
 from gateway.topics import RESULTS
@@ -107,9 +107,11 @@ class Traffic:
             self.published.append(message)
             await publish(message)
 
-        async def counted_broadcast(topic: str, payload: dict[str, Any]) -> None:
+        async def counted_broadcast(
+            topic: str, payload: dict[str, Any], *, keep: Keep | None = None
+        ) -> None:
             self.broadcasts.append((topic, payload))
-            await broadcast(topic, payload)
+            await broadcast(topic, payload, keep=keep)
 
         bus.publish = counted_publish  # type: ignore[method-assign]
         bus.broadcast = counted_broadcast  # type: ignore[method-assign]

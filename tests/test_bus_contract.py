@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from gateway.bus import Bus
-from gateway.message import Inbound
+from gateway.bus import Bus, Keep
+from gateway.message import Action, Decision, Inbound, TurnResult
 from gateway.redis_client import connect_redis
+from gateway.results import RECHECK_SECONDS, TurnResults
 from tests.backends import BACKENDS, make_bus, queued_ids
 
 
@@ -143,3 +144,51 @@ async def test_a_failing_handler_does_not_stop_the_conversation(backend) -> None
         for n in range(3):
             await bus.publish(message("c1", n))
         await wait_for(lambda: handled == [0, 2])
+
+
+async def test_a_kept_broadcast_can_be_recalled_until_it_expires(backend) -> None:
+    name, redis = backend
+    bus = make_bus(name, redis)
+    await bus.broadcast("news", {"n": 1}, keep=Keep("news:1", 0.5))
+    assert await bus.recall("news:1") == {"n": 1}
+    assert await bus.recall("news:2") is None
+    deadline = time.monotonic() + 3
+    while await bus.recall("news:1") is not None:
+        assert time.monotonic() < deadline, "a kept payload outlived its time"
+        await asyncio.sleep(0.05)
+    await bus.close()
+
+
+def turn_result(message_id: str, *, duplicate: bool = False) -> TurnResult:
+    return TurnResult(
+        message_id=message_id,
+        conversation="rest:c1",
+        replies=() if duplicate else ("the answer",),
+        decision=Decision(action=Action.ANSWER),
+        latency_ms=1.0,
+        duplicate=duplicate,
+    )
+
+
+async def test_a_waiter_gets_a_result_whose_broadcast_it_missed(backend) -> None:
+    name, redis = backend
+    bus = make_bus(name, redis)
+    results = TurnResults(bus)
+    await results.publish(turn_result("m1"))  # before anyone waits: the broadcast is missed
+    with results.expect("m1") as result:
+        turn = await asyncio.wait_for(result, RECHECK_SECONDS * 3)
+    assert turn.replies == ("the answer",)
+    await bus.close()
+
+
+async def test_a_duplicate_resolves_with_the_original_result(backend) -> None:
+    name, redis = backend
+    bus = make_bus(name, redis)
+    results = TurnResults(bus)
+    await results.publish(turn_result("m1"))
+    with results.expect("m1") as first, results.expect("m1") as retry:
+        assert first is retry  # a retry in flight shares the first attempt's wait
+        await results.publish(turn_result("m1", duplicate=True))
+        turn = await asyncio.wait_for(retry, 5)
+    assert not turn.duplicate and turn.replies == ("the answer",)
+    await bus.close()

@@ -45,7 +45,9 @@ async def test_a_question_outside_the_knowledge_base_escalates_as_low_confidence
     assert body["decision"]["reason"] == "low_confidence"
 
 
-async def test_the_same_idempotency_key_twice_yields_one_reply(gateway: Gateway) -> None:
+async def test_the_same_idempotency_key_twice_yields_one_reply_and_the_same_response(
+    gateway: Gateway,
+) -> None:
     headers = {"Idempotency-Key": "retry-123"}
     first = await gateway.http.post(
         "/api/messages", json={"conversation_id": "dave", "text": PRICING}, headers=headers
@@ -53,7 +55,9 @@ async def test_the_same_idempotency_key_twice_yields_one_reply(gateway: Gateway)
     second = await gateway.http.post(
         "/api/messages", json={"conversation_id": "dave", "text": PRICING}, headers=headers
     )
-    assert first.status == 200 and second.status == 409
+    assert first.status == 200 and second.status == 200
+    assert await second.json() == await first.json()
+    assert second.headers["Idempotent-Replayed"] == "true"
     transcript = await (await gateway.http.get("/api/conversations/dave")).json()
     assert [entry["role"] for entry in transcript["transcript"]] == ["customer", "bot"]
 

@@ -181,3 +181,12 @@ async def test_memory_store_evicts_past_its_memory_bound_but_keeps_the_newest() 
 
     await store.append("rest:huge", TranscriptEntry(role=Role.CUSTOMER, text="y" * 50_000))
     assert len(store) == 1 and await store.transcript("rest:huge")
+
+
+async def test_a_saved_response_is_kept_as_long_as_the_dedupe_mark(store_factory) -> None:
+    store: Store = store_factory(dedupe_ttl=1)
+    assert await store.saved_response("rest:key-1") is None
+    await store.save_response("rest:key-1", '{"status": 200}')
+    assert await store.saved_response("rest:key-1") == '{"status": 200}'
+    await asyncio.sleep(1.2)
+    assert await store.saved_response("rest:key-1") is None

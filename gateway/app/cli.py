@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from pydantic import BaseModel, SecretStr
@@ -32,6 +32,9 @@ from gateway.app.settings import GatewayConfig, load_config
 from gateway.config import ConfigError
 from gateway.logs import configure_logging
 from gateway.message import TurnResult
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
 kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
@@ -264,45 +267,50 @@ def check(
     ] = 5.0,
 ) -> None:
     """Validate the config, reach Redis and Chroma, and try each enabled channel's credentials
-    with its provider; exit non-zero with the reason."""
+    with its provider; exit non-zero with the reason (a warning alone exits 0)."""
     settings = _load(config, quiet=True)
     results = asyncio.run(_check(settings, within))
     secrets = [value for value in _secret_values(settings) if value]
     table = Table("check", "status", "detail")
-    for name, ok, detail in results:
+    styles = {"ok": "green", "warning": "yellow", "failed": "red"}
+    for name, status, detail in results:
         for value in secrets:  # an SDK's error text may quote a URL with a token in it
             detail = detail.replace(value, "***")
-        status = "[green]ok[/green]" if ok else "[red]failed[/red]"
-        table.add_row(name, status, Text(detail))  # a server's words, never read as markup
+        # A server's words, never read as markup.
+        table.add_row(name, Text(status, style=styles[status]), Text(detail))
     console.print(table)
-    if not all(ok for _, ok, _ in results):
+    if any(status == "failed" for _, status, _ in results):
         raise typer.Exit(1)
 
 
-async def _check(settings: GatewayConfig, within: float) -> list[tuple[str, bool, str]]:
+CheckRow = tuple[str, Literal["ok", "warning", "failed"], str]
+
+
+async def _check(settings: GatewayConfig, within: float) -> list[CheckRow]:
     from gateway.app.runtime import open_knowledge
     from gateway.redis_client import connect_redis
 
-    results: list[tuple[str, bool, str]] = [("config", True, "valid")]
+    results: list[CheckRow] = [("config", "ok", "valid")]
     if settings.redis_url:
         redis = connect_redis(settings.redis_url)
         try:
             await asyncio.wait_for(redis.ping(), within)
-            results.append(("redis", True, "reachable"))
+            results.append(("redis", "ok", "reachable"))
+            results.append(await _redis_persistence(redis))
         except Exception as error:
-            results.append(("redis", False, f"{type(error).__name__}: {error}"))
+            results.append(("redis", "failed", f"{type(error).__name__}: {error}"))
         finally:
             await redis.aclose()
     else:
-        results.append(("redis", True, "not configured: in-process bus and store"))
+        results.append(("redis", "ok", "not configured: in-process bus and store"))
     knowledge = open_knowledge(settings)
     where = settings.knowledge.chroma_url or f"embedded in {settings.data_dir}"
     try:
         await asyncio.wait_for(knowledge.ping(), within)
         chunks = await asyncio.to_thread(knowledge.count)
-        results.append(("chroma", True, f"{where}, {chunks} chunks"))
+        results.append(("chroma", "ok", f"{where}, {chunks} chunks"))
     except Exception as error:
-        results.append(("chroma", False, f"{where}: {type(error).__name__}: {error}"))
+        results.append(("chroma", "failed", f"{where}: {type(error).__name__}: {error}"))
     channels = await asyncio.gather(
         *(
             _check_channel(name, checks, within)
@@ -314,13 +322,34 @@ async def _check(settings: GatewayConfig, within: float) -> list[tuple[str, bool
     return results + channels
 
 
-async def _check_channel(
-    name: str, checks: list[CredentialCheck], within: float
-) -> tuple[str, bool, str]:
+async def _redis_persistence(redis: Redis) -> CheckRow:
+    """Messages acknowledged to providers live on the Redis stream: without AOF a restart loses
+    them. A warning, not a failure: a throwaway Redis is fine for trying the gateway out."""
+    from redis.exceptions import ResponseError
+
+    try:  # managed Redis often disables or renames CONFIG; INFO says the same
+        aof = (await redis.config_get("appendonly")).get("appendonly") in ("yes", b"yes")
+    except ResponseError:
+        try:
+            aof = (await redis.info("persistence")).get("aof_enabled") == 1
+        except ResponseError as error:
+            return ("redis persistence", "warning", f"unknown ({error}): make sure AOF is on")
+    if aof:
+        return ("redis persistence", "ok", "appendonly yes")
+    return (
+        "redis persistence",
+        "warning",
+        "appendonly is off: a Redis restart loses queued messages (already acknowledged to "
+        "providers), conversations and dedupe marks; set appendonly yes (README, Production)",
+    )
+
+
+async def _check_channel(name: str, checks: list[CredentialCheck], within: float) -> CheckRow:
     """A channel's row: its checks run at once, each given `within` seconds; every part's
     outcome, so one failure does not hide the state of the others."""
     outcomes = await asyncio.gather(*(_credential_outcome(check, within) for check in checks))
-    return name, all(ok for ok, _ in outcomes), "; ".join(detail for _, detail in outcomes)
+    detail = "; ".join(detail for _, detail in outcomes)
+    return (name, "ok", detail) if all(ok for ok, _ in outcomes) else (name, "failed", detail)
 
 
 async def _credential_outcome(check: CredentialCheck, within: float) -> tuple[bool, str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import structlog
 
-from gateway.bus import Handler, Listener
+from gateway.bus import Handler, Keep, Listener, Resync
 from gateway.message import Inbound
 from gateway.ordering import ConversationDispatcher
 
@@ -22,6 +23,8 @@ class MemoryBus:
         self._max_concurrency = max_concurrency
         self._listeners: defaultdict[str, list[Listener]] = defaultdict(list)
         self._arrival = itertools.count()
+        # Kept payloads in the order they expire (every keep moves its key to the end).
+        self._kept: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     async def publish(self, message: Inbound) -> None:
         await self._queue.put(message)
@@ -38,15 +41,34 @@ class MemoryBus:
         finally:
             await dispatcher.close()
 
-    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+    async def broadcast(
+        self, topic: str, payload: dict[str, Any], *, keep: Keep | None = None
+    ) -> None:
+        if keep is not None:
+            self._purge_kept()
+            self._kept[keep.key] = (time.monotonic() + keep.seconds, payload)
+            self._kept.move_to_end(keep.key)
         for listener in self._listeners[topic]:
             try:
                 listener(payload)
             except Exception:
                 log.exception("bus.listener_failed", topic=topic)
 
+    async def recall(self, key: str) -> dict[str, Any] | None:
+        self._purge_kept()
+        kept = self._kept.get(key)
+        return kept[1] if kept is not None else None
+
+    def _purge_kept(self) -> None:
+        now = time.monotonic()
+        while self._kept and next(iter(self._kept.values()))[0] < now:
+            self._kept.popitem(last=False)
+
     def subscribe(self, topic: str, listener: Listener) -> None:
         self._listeners[topic].append(listener)
+
+    def on_resync(self, callback: Resync) -> None:
+        """In one process no broadcast is ever missed: there is nothing to resync."""
 
     async def ping(self) -> None:
         return None

@@ -45,9 +45,10 @@ class MemoryStore:
         self._max_conversations = max_conversations
         self._max_bytes = max_bytes
         self._bytes = 0
-        # Both maps are kept in expiry order (every write moves its key to the end),
+        # These maps are kept in expiry order (every write moves its key to the end),
         # so purging expired entries only ever looks at the front.
         self._processed: OrderedDict[str, float] = OrderedDict()
+        self._responses: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._threads: dict[str, str] = {}
         self._timers: dict[str, datetime] = {}  # only waiting conversations: a short scan
@@ -60,6 +61,15 @@ class MemoryStore:
     async def mark_processed(self, dedupe_key: str) -> None:
         self._processed[dedupe_key] = time.monotonic() + self._dedupe_ttl
         self._processed.move_to_end(dedupe_key)
+
+    async def save_response(self, dedupe_key: str, response: str) -> None:
+        self._responses[dedupe_key] = (time.monotonic() + self._dedupe_ttl, response)
+        self._responses.move_to_end(dedupe_key)
+
+    async def saved_response(self, dedupe_key: str) -> str | None:
+        self._purge()
+        saved = self._responses.get(dedupe_key)
+        return saved[1] if saved is not None else None
 
     async def load(self, key: str) -> Conversation | None:
         self._purge()
@@ -164,6 +174,8 @@ class MemoryStore:
         now = time.monotonic()
         while self._processed and next(iter(self._processed.values())) < now:
             self._processed.popitem(last=False)
+        while self._responses and next(iter(self._responses.values()))[0] < now:
+            self._responses.popitem(last=False)
         horizon = now - self._conversation_ttl
         while self._records and next(iter(self._records.values())).touched < horizon:
             self._drop_oldest()

@@ -30,6 +30,13 @@ class RedisStore:
     async def mark_processed(self, dedupe_key: str) -> None:
         await self._redis.set(f"{PREFIX}:processed:{dedupe_key}", 1, ex=self._dedupe_ttl)
 
+    async def save_response(self, dedupe_key: str, response: str) -> None:
+        await self._redis.set(f"{PREFIX}:response:{dedupe_key}", response, ex=self._dedupe_ttl)
+
+    async def saved_response(self, dedupe_key: str) -> str | None:
+        raw = await self._redis.get(f"{PREFIX}:response:{dedupe_key}")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     async def load(self, key: str) -> Conversation | None:
         raw = await self._redis.get(f"{PREFIX}:conversation:{key}")
         return Conversation.model_validate_json(raw) if raw else None
