@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.base import Adapter, Capabilities, register
+from gateway.admission import ADMISSION_KEY
 from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
 
 CHANNEL = "rest"
@@ -66,8 +67,10 @@ class RestAdapter(Adapter):
             provider_message_id=request.headers.get("Idempotency-Key") or new_id(),
         )
         runtime = self.runtime
+        admission = request.app[ADMISSION_KEY]
         with runtime.results.expect(message.id) as result:
-            await runtime.bus.publish(message)
+            if not await admission.publish(message):
+                raise admission.too_many_requests()
             try:
                 turn = await asyncio.wait_for(result, runtime.config.pipeline.reply_timeout)
             except TimeoutError:

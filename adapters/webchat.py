@@ -20,6 +20,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from adapters.base import Adapter, Capabilities, register
+from gateway.admission import ADMISSION_KEY, Admission
 from gateway.message import (
     Inbound,
     Outbound,
@@ -93,7 +94,9 @@ class WebchatAdapter(Adapter):
         try:
             async for frame in socket:
                 if frame.type is WSMsgType.TEXT:
-                    await self._on_frame(socket, key, conversation_id, frame.data)
+                    await self._on_frame(
+                        socket, key, conversation_id, frame.data, request.app[ADMISSION_KEY]
+                    )
         finally:
             self._sockets[key].discard(socket)
             if not self._sockets[key]:
@@ -101,7 +104,12 @@ class WebchatAdapter(Adapter):
         return socket
 
     async def _on_frame(
-        self, socket: web.WebSocketResponse, key: str, conversation_id: str, data: str
+        self,
+        socket: web.WebSocketResponse,
+        key: str,
+        conversation_id: str,
+        data: str,
+        admission: Admission,
     ) -> None:
         try:
             frame = json.loads(data)
@@ -117,15 +125,24 @@ class WebchatAdapter(Adapter):
                 error["client_id"] = frame["client_id"]
             await socket.send_json(error)
             return
-        await self.runtime.bus.publish(
-            Inbound(
-                channel=CHANNEL,
-                conversation=key,
-                sender=f"webchat:{conversation_id}",
-                text=text,
-                provider_message_id=client_id,
-            )
+        message = Inbound(
+            channel=CHANNEL,
+            conversation=key,
+            sender=f"webchat:{conversation_id}",
+            text=text,
+            provider_message_id=client_id,
         )
+        if not await admission.publish(message):
+            await socket.send_json(
+                {
+                    "type": "error",
+                    "client_id": client_id,
+                    "message": "We're very busy right now: please send it again "
+                    f"in {admission.retry_after} s.",
+                    "retry_after": admission.retry_after,
+                }
+            )
+            return
         await socket.send_json({"type": "ack", "client_id": client_id})
 
     def _on_broadcast(self, payload: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
+from gateway.admission import ADMISSION_KEY, Admission
 from gateway.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -21,8 +22,12 @@ RUNTIME_KEY = web.AppKey("runtime", Runtime)
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    admission = Admission(runtime.config.pipeline, runtime.bus)
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, admission.middleware]
+    )
     app[RUNTIME_KEY] = runtime
+    app[ADMISSION_KEY] = admission
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
