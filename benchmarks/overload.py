@@ -74,6 +74,7 @@ class Level:
     wall: float = 0.0
     after_ms: float = 0.0
     after_kind: str = ""
+    load: float = 0.0  # the machine's 1-minute load average when the level ended
 
     def share(self, *kinds: str) -> float:
         return sum(o.kind in kinds for o in self.outcomes) / max(len(self.outcomes), 1)
@@ -147,6 +148,7 @@ async def run_level(
         tasks.append(asyncio.create_task(post(session, url, base + n, args.timeout)))
     level.outcomes = list(await asyncio.gather(*tasks))
     level.wall = time.perf_counter() - started
+    level.load = os.getloadavg()[0]
     # The load has stopped and every response is in (or timed out): is the server idle now?
     probe = await post(session, url, base + len(tasks), args.timeout)
     level.after_ms, level.after_kind = probe.latency_ms, probe.kind
@@ -241,7 +243,7 @@ def report(args: argparse.Namespace, idle: list[Outcome], levels: list[Level]) -
             f"{level.cut(95):>8.0f} {level.cut(99):>8.0f} {answered:>10.1f} "
             f"{level.share('rejected'):>8.1%} {level.share('deadline'):>8.1%} "
             f"{level.share('processing'):>6.1%} {level.share('timeout'):>7.1%} "
-            f"{level.after_ms:>9.0f} {level.after_kind:>10}"
+            f"{level.after_ms:>9.0f} {level.after_kind:>10} {level.load:>5.1f}"
         )
     kinds = Counter(o.kind for level in levels for o in level.outcomes)
     print("outcomes: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()))
