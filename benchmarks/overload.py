@@ -164,7 +164,7 @@ async def wait_healthy(port: int, processes: list[subprocess.Popen[bytes]]) -> N
         while time.monotonic() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise SystemExit(f"{process.args} exited with {process.returncode}")
+                    raise SystemExit(f"{process.args!r} exited with {process.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
                     if response.status == 200:
@@ -188,7 +188,7 @@ def start(args: argparse.Namespace, workdir: Path, port: int) -> list[subprocess
     gateway = [sys.executable, "-m", "gateway"]
     quiet = {"cwd": args.code, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if not args.workers:
-        return [subprocess.Popen([*gateway, "serve"], env=env, **quiet)]  # type: ignore[call-overload]
+        return [subprocess.Popen([*gateway, "serve"], env=env, **quiet)]
     redis_port = free_port()
     redis = subprocess.Popen(
         [
@@ -206,9 +206,9 @@ def start(args: argparse.Namespace, workdir: Path, port: int) -> list[subprocess
     )
     env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     subprocess.run([*gateway, "kb", "ingest"], env=env, check=True, **quiet)  # the release step
-    processes = [redis, subprocess.Popen([*gateway, "web"], env=env, **quiet)]  # type: ignore[call-overload]
+    processes = [redis, subprocess.Popen([*gateway, "web"], env=env, **quiet)]
     for _ in range(args.workers):
-        processes.append(subprocess.Popen([*gateway, "worker"], env=env, **quiet))  # type: ignore[call-overload]
+        processes.append(subprocess.Popen([*gateway, "worker"], env=env, **quiet))
     return processes
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -28,7 +29,7 @@ from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.knowledge import KnowledgeBase
 from gateway.admission import ADMISSION_KEY, Admission
 from gateway.bus.memory import MemoryBus
-from gateway.config import GatewayConfig, PipelineConfig, TelegramConfig
+from gateway.config import ChannelsConfig, GatewayConfig, PipelineConfig, TelegramConfig
 from gateway.message import Inbound, Reason, TurnResult, conversation_key, utcnow
 from gateway.redis_client import connect_redis
 from gateway.results import TurnResults
@@ -62,7 +63,7 @@ class HeldEmbedder:
         self.release = threading.Event()
         self.hold = False
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self.hold:
             self.hold = False
             self.holding.set()
@@ -154,63 +155,6 @@ async def test_after_a_burst_the_next_search_is_in_the_very_next_batch(
 # A message that waited past its deadline
 
 
-@dataclass
-class IdleGateway:
-    runtime: Runtime
-    http: TestClient
-    redis: Redis | None
-
-    @property
-    def admission(self) -> Admission:
-        return self.http.app[ADMISSION_KEY]
-
-    def webhook(self, update_id: int) -> Any:
-        """A Telegram webhook delivery (a request context manager, awaitable)."""
-        update = private_message(update_id, PRICING, chat_id=update_id)
-        return self.http.post(WEBHOOK_PATH, json=update, headers={SECRET_HEADER: SECRET})
-
-
-def telegram_config(data_dir: Path, api_url: str, **fields: Any) -> GatewayConfig:
-    telegram = {"enabled": True, "bot_token": TOKEN, "webhook_secret": SECRET, "api_url": api_url}
-    return GatewayConfig(
-        data_dir=data_dir,
-        channels={"telegram": TelegramConfig.model_validate(telegram)},
-        **fields,
-    )
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def idle_gateway(
-    request: pytest.FixtureRequest, sample_data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[IdleGateway]:
-    """The web role with Telegram webhooks and no worker running, with room for one REST or
-    web chat message in flight."""
-    redis_url = await backend(request, monkeypatch)
-    pipeline = PipelineConfig(max_in_flight=1, retry_after=1.5)
-    redis = connect_redis(redis_url) if redis_url else None
-    async with FakeTelegram() as telegram:
-        config = telegram_config(
-            sample_data_dir, telegram.url, redis_url=redis_url, pipeline=pipeline
-        )
-        async with (
-            Runtime.open(config) as runtime,
-            TestClient(TestServer(build_app(runtime))) as http,
-        ):
-            yield IdleGateway(runtime, http, redis)
-    if redis is not None:
-        await redis.aclose()
-
-
-@asynccontextmanager
-async def worker(runtime: Runtime) -> AsyncIterator[None]:
-    consumer = asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle))
-    try:
-        yield
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
-
-
 async def test_a_message_older_than_the_deadline_gets_the_holding_reply_without_a_search(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -248,6 +192,67 @@ async def test_a_message_older_than_the_deadline_gets_the_holding_reply_without_
 
 
 # Admission control
+
+
+@dataclass
+class IdleGateway:
+    runtime: Runtime
+    http: TestClient[web.Request, web.Application]
+    redis: Redis | None
+
+    @property
+    def admission(self) -> Admission:
+        admission: Admission = self.http.app[ADMISSION_KEY]
+        return admission
+
+    def webhook(self, update_id: int) -> Any:
+        """A Telegram webhook delivery (a request context manager, awaitable)."""
+        update = private_message(update_id, PRICING, chat_id=update_id)
+        return self.http.post(WEBHOOK_PATH, json=update, headers={SECRET_HEADER: SECRET})
+
+
+def telegram_config(data_dir: Path, api_url: str, **fields: Any) -> GatewayConfig:
+    telegram = {"enabled": True, "bot_token": TOKEN, "webhook_secret": SECRET, "api_url": api_url}
+    return GatewayConfig(
+        data_dir=data_dir,
+        channels=ChannelsConfig(telegram=TelegramConfig.model_validate(telegram)),
+        **fields,
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def idle_gateway(
+    request: pytest.FixtureRequest, sample_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[IdleGateway]:
+    """The web role with Telegram webhooks and no worker running, with room for one REST or
+    web chat message in flight."""
+    redis_url = await backend(request, monkeypatch)
+    pipeline = PipelineConfig(max_in_flight=1, retry_after=1.5)
+    redis = connect_redis(redis_url) if redis_url else None
+    async with FakeTelegram() as telegram:
+        config = telegram_config(
+            sample_data_dir, telegram.url, redis_url=redis_url, pipeline=pipeline
+        )
+        async with (
+            Runtime.open(config) as runtime,
+            TestClient(TestServer(build_app(runtime))) as http,
+        ):
+            yield IdleGateway(runtime, http, redis)
+    if redis is not None:
+        await redis.aclose()
+
+
+@asynccontextmanager
+async def worker(runtime: Runtime) -> AsyncIterator[None]:
+    async def handle(message: Inbound) -> None:
+        await runtime.pipeline.handle(message)
+
+    consumer = asyncio.create_task(runtime.bus.consume(handle))
+    try:
+        yield
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
 
 
 async def test_rest_beyond_max_in_flight_gets_429_with_retry_after(
