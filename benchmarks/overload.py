@@ -155,6 +155,12 @@ async def run_level(
 
 
 async def idle_latency(session: aiohttp.ClientSession, url: str) -> list[Outcome]:
+    """Once a message is answered promptly (workers may still be starting when the web process
+    is ready), the latency of a few more, one at a time."""
+    deadline = time.monotonic() + 120
+    while (await post(session, url, 9_999_999, 30.0)).latency_ms > P95_TARGET_MS:
+        if time.monotonic() > deadline:
+            raise SystemExit("the gateway never answered within the target")
     return [await post(session, url, 10_000_000 + n, 30.0) for n in range(IDLE_PROBES)]
 
 
