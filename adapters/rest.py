@@ -77,7 +77,8 @@ class RestChannel(BaseChannel[ChannelToggle]):
         if idempotency_key and (saved := await context.saved_response(message.dedupe_key)):
             return _replay(saved, payload.conversation_id)
         with context.await_result(message.id) as result:
-            await context.publish(message)
+            if not await context.admit(message):
+                raise _too_many_requests(context.limits.retry_after)
             try:
                 # Shielded: a retry in flight at the same time waits on the same future.
                 turn = await asyncio.wait_for(asyncio.shield(result), context.limits.reply_timeout)
@@ -172,6 +173,13 @@ async def _json_body(request: web.Request) -> Any:
         return parse_json(await request.read())
     except ValueError as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
+
+
+def _too_many_requests(retry_after: int) -> web.HTTPTooManyRequests:
+    return web.HTTPTooManyRequests(
+        reason="The gateway is at capacity; retry after the Retry-After seconds.",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def _unprocessable(error: ValidationError) -> web.HTTPUnprocessableEntity:

@@ -128,7 +128,11 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         return socket
 
     async def _on_frame(
-        self, socket: web.WebSocketResponse, key: str, conversation_id: str, data: str
+        self,
+        socket: web.WebSocketResponse,
+        key: str,
+        conversation_id: str,
+        data: str,
     ) -> None:
         try:
             frame = parse_json(data)
@@ -144,15 +148,25 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
                 error["client_id"] = frame["client_id"]
             await socket.send_json(error)
             return
-        await self.context.publish(
-            Inbound(
-                channel=CHANNEL,
-                conversation=key,
-                sender=f"webchat:{conversation_id}",
-                text=text,
-                provider_message_id=client_id,
-            )
+        message = Inbound(
+            channel=CHANNEL,
+            conversation=key,
+            sender=f"webchat:{conversation_id}",
+            text=text,
+            provider_message_id=client_id,
         )
+        retry_after = self.context.limits.retry_after
+        if not await self.context.admit(message):
+            await socket.send_json(
+                {
+                    "type": "error",
+                    "client_id": client_id,
+                    "message": "We're very busy right now: please send it again "
+                    f"in {retry_after} s.",
+                    "retry_after": retry_after,
+                }
+            )
+            return
         await socket.send_json({"type": "ack", "client_id": client_id})
 
     async def _resend_histories(self) -> None:

@@ -54,13 +54,23 @@ class GroundedAnswerer(ABC):
         no later message pays for, and a gateway that just started should still answer."""
         if not message.content:
             return []
-        search = self._knowledge.search(message.content, k=self._config.max_passages)
+        deadline = deadline_of(message, self._config)
+        if deadline <= asyncio.get_running_loop().time():
+            # The message waited past its deadline before a worker took it (an overload, a
+            # backlog on the bus): no search, so `decide` sends the holding reply and escalates
+            # (model_unavailable) at once, and the messages queued behind it are not delayed
+            # by a search whose answer would come too late anyway.
+            log.warning("brain.late_message", deadline=self._config.deadline)
+            return None
+        search = self._knowledge.search(
+            message.content, k=self._config.max_passages, deadline=deadline if self._warm else None
+        )
         if not self._warm:
             passages = await search
             self._warm = True
             return passages
         try:
-            async with asyncio.timeout_at(deadline_of(message, self._config)):
+            async with asyncio.timeout_at(deadline):
                 return await search
         except TimeoutError:
             log.warning("brain.retrieval_timeout", deadline=self._config.deadline)

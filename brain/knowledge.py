@@ -33,6 +33,7 @@ from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from gateway import metrics
 from gateway.answering import Passage
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,16 @@ LEGACY_SPACE = "minilm/text"
 
 EMPTY_RECHECK_SECONDS = 5.0
 SEARCH_BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A search waiting for its batch; ``deadline`` in event-loop time, None for no limit."""
+
+    text: str
+    k: int
+    deadline: float | None
+    answer: asyncio.Future[list[Passage]]
 
 
 @dataclass(slots=True)
@@ -147,7 +158,7 @@ class KnowledgeBase:
         self._client: Any = None
         self._collection: Any = None
         self._empty_until = 0.0  # monotonic time until which the collection is known empty
-        self._queries: list[tuple[str, int, asyncio.Future[list[Passage]]]] = []
+        self._queries: deque[_Query] = deque()
         self._batcher: asyncio.Task[None] | None = None
 
     def ingest(
@@ -203,38 +214,57 @@ class KnowledgeBase:
     def count(self) -> int:
         return int(self._chroma().count())
 
-    async def search(self, query: str, k: int = 5) -> list[Passage]:
+    async def search(
+        self, query: str, k: int = 5, *, deadline: float | None = None
+    ) -> list[Passage]:
         """The `k` passages closest to `query`, best first.
 
         Concurrent searches are embedded together: one forward pass reads the model's weights
         once for the whole batch, which is what a query's embedding costs on a CPU. Queries
         that arrive while a batch runs form the next batch, so none waits for company.
+
+        ``deadline`` (event-loop time): past it the answer is of no use, so a query still queued
+        then is dropped with TimeoutError instead of embedded; so is one whose caller was
+        cancelled. Work for callers that have gone never delays the ones still waiting.
         """
         if not query.strip() or k <= 0 or time.monotonic() < self._empty_until:
             return []
         answer: asyncio.Future[list[Passage]] = asyncio.get_running_loop().create_future()
-        self._queries.append((query, k, answer))
+        self._queries.append(_Query(query, k, deadline, answer))
         batcher = self._batcher
         if batcher is None or batcher.done() or batcher.get_loop() is not answer.get_loop():
             self._batcher = asyncio.create_task(self._run_batches(), name="knowledge:search")
         return await answer
 
     async def _run_batches(self) -> None:
-        while self._queries:
-            batch = self._queries[:SEARCH_BATCH]
-            del self._queries[:SEARCH_BATCH]
+        while batch := self._next_batch():
             try:
                 found = await asyncio.to_thread(
-                    self._search, [query for query, _, _ in batch], max(k for _, k, _ in batch)
+                    self._search, [query.text for query in batch], max(q.k for q in batch)
                 )
             except Exception as error:
-                for _, _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(error)
+                for query in batch:
+                    if not query.answer.done():
+                        query.answer.set_exception(error)
                 continue
-            for (_, k, answer), passages in zip(batch, found, strict=True):
-                if not answer.done():
-                    answer.set_result(passages[:k])
+            for query, passages in zip(batch, found, strict=True):
+                if not query.answer.done():
+                    query.answer.set_result(passages[: query.k])
+
+    def _next_batch(self) -> list[_Query]:
+        """Up to SEARCH_BATCH queued queries whose callers still wait for them, oldest first."""
+        now = asyncio.get_running_loop().time()
+        batch: list[_Query] = []
+        while self._queries and len(batch) < SEARCH_BATCH:
+            query = self._queries.popleft()
+            if query.answer.done():  # its caller was cancelled (a time-out)
+                metrics.SEARCHES_DROPPED.labels("cancelled").inc()
+            elif query.deadline is not None and now >= query.deadline:
+                metrics.SEARCHES_DROPPED.labels("deadline").inc()
+                query.answer.set_exception(TimeoutError("the search's deadline passed"))
+            else:
+                batch.append(query)
+        return batch
 
     async def ping(self) -> None:
         """Raises ConnectionError when Chroma cannot be reached (for a readiness probe)."""

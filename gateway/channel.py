@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, SecretStr
 
 from gateway import topics
+from gateway.admission import Admission
 from gateway.bus import Bus
 from gateway.message import Conversation, Inbound, Outbound, Role, TranscriptEntry, TurnResult
 from gateway.results import TurnResults
@@ -82,15 +83,24 @@ class Limits:
     reply_timeout: float  # how long a request/response channel waits for its answer
     api_token: SecretStr | None  # the bearer token of /api/*; None: open
     note_prefix: str  # an agent's thread reply starting with it is an internal note
+    retry_after: int  # seconds a refused request is asked to wait (Retry-After)
 
 
 class ChannelContext:
     """Everything a channel may use of the gateway: publish, a few reads, two writes."""
 
     def __init__(
-        self, *, bus: Bus, store: Store, results: TurnResults, limits: Limits, data_dir: Path
+        self,
+        *,
+        bus: Bus,
+        store: Store,
+        results: TurnResults,
+        admission: Admission,
+        limits: Limits,
+        data_dir: Path,
     ) -> None:
         self._bus = bus
+        self._admission = admission
         self._store = store
         self._results = results
         self.limits = limits
@@ -99,6 +109,12 @@ class ChannelContext:
     async def publish(self, message: Inbound) -> None:
         """Put a message on the bus; returns once it is durable, so it may be acknowledged."""
         await self._bus.publish(message)
+
+    async def admit(self, message: Inbound) -> bool:
+        """For request/response channels (REST, web chat): publish the message if this process
+        has room for one more in flight; False, nothing published, when it has not (the
+        channel asks the customer to retry after `limits.retry_after` seconds)."""
+        return await self._admission.publish(message)
 
     async def broadcast(self, topic: Topic[PayloadT], payload: PayloadT) -> None:
         await topics.broadcast(self._bus, topic, payload)

@@ -65,6 +65,14 @@ class PipelineConfig(Section):
         ge=1024 * 1024,
         description="no Redis: about this much memory for conversations; the oldest are evicted",
     )
+    # Admission control (gateway/admission.py), per web process.
+    max_in_flight: int = Field(
+        default=200, ge=1, description="REST and web chat messages in flight; beyond: 429"
+    )
+    max_webhooks_in_flight: int = Field(
+        default=1000, ge=1, description="webhook requests at once; beyond (a stuck bus): 503"
+    )
+    retry_after: Seconds = Field(default=2.0, description="what a 429 or 503 asks clients to wait")
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -10,6 +10,16 @@ MESSAGES = Counter("gateway_messages_total", "Messages processed", ["channel"])
 DUPLICATES = Counter("gateway_duplicates_total", "Redelivered messages skipped", ["channel"])
 DECISIONS = Counter("gateway_decisions_total", "Decisions taken", ["action", "reason"])
 ERRORS = Counter("gateway_errors_total", "Errors by pipeline stage", ["stage"])
+SEARCHES_DROPPED = Counter(
+    "gateway_searches_dropped_total",
+    "Searches dropped before their embedding: the caller had gone, or the deadline passed",
+    ["why"],
+)
+REJECTED = Counter(
+    "gateway_rejected_total",
+    "Requests turned away by admission control (429 or 503, with Retry-After)",
+    ["channel"],
+)
 LATENCY = Histogram(
     "gateway_turn_latency_seconds",
     "From receipt of a message to its reply being sent",

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
+from gateway.admission import Busy
 from gateway.app.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -21,7 +22,9 @@ RUNTIME_KEY = web.AppKey("runtime", Runtime)
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, _bounded_webhooks]
+    )
     app[RUNTIME_KEY] = runtime
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", _healthz)
@@ -81,6 +84,22 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
     response.headers.setdefault("Content-Security-Policy", DEFAULT_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")  # frame-ancestors, for old browsers
+
+
+@web.middleware
+async def _bounded_webhooks(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Provider webhooks (every POST outside the REST API) in flight at once are bounded."""
+    if request.method != "POST" or request.path.startswith("/api/"):
+        return await handler(request)
+    admission = request.app[RUNTIME_KEY].admission
+    try:
+        with admission.webhook(request.path.strip("/").split("/")[0]):
+            return await handler(request)
+    except Busy as busy:
+        retry = {"Retry-After": str(admission.retry_after)}
+        raise web.HTTPServiceUnavailable(reason=str(busy), headers=retry) from None
 
 
 @web.middleware

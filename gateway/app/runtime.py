@@ -8,6 +8,7 @@ Chroma runs embedded under `data_dir` unless `knowledge.chroma_url` points at a 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from brain.claude import ClaudeAnswerer
 from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from brain.policy import PolicyGuard
+from gateway.admission import Admission
 from gateway.answering import Answerer
 from gateway.app.settings import GatewayConfig
 from gateway.bus import Bus
@@ -44,6 +46,7 @@ class Runtime:
     store: Store
     knowledge: KnowledgeBase
     results: TurnResults
+    admission: Admission = field(init=False)
     channels: dict[str, Channel] = field(init=False)
     answerer: Answerer = field(init=False)
     relay: Relay | None = field(init=False)
@@ -51,16 +54,19 @@ class Runtime:
 
     def __post_init__(self) -> None:
         config = self.config
+        self.admission = Admission(config.pipeline, self.bus)
         context = ChannelContext(
             bus=self.bus,
             store=self.store,
             results=self.results,
+            admission=self.admission,
             data_dir=config.data_dir,
             limits=Limits(
                 max_message_chars=config.server.max_message_chars,
                 reply_timeout=config.pipeline.reply_timeout,
                 api_token=config.server.api_token,
                 note_prefix=config.handoff.note_prefix,
+                retry_after=math.ceil(config.pipeline.retry_after),
             ),
         )
         sections = config.channels
