@@ -193,7 +193,9 @@ def start(args: argparse.Namespace, workdir: Path, port: int) -> list[subprocess
     env["PYTHONPATH"] = str(args.code)
     for name in ("GATEWAY_API_TOKEN", "REDIS_URL", "ANTHROPIC_API_KEY", "CHROMA_URL"):
         env.pop(name, None)
-    gateway = [sys.executable, "-m", "gateway.app"]
+    # The CLI moved into gateway/app/; an older checkout (--code) has it at gateway/.
+    entry = "gateway.app" if (args.code / "gateway" / "app" / "__main__.py").exists() else "gateway"
+    gateway = [sys.executable, "-m", entry]
     quiet = {"cwd": args.code, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if not args.workers:
         return [subprocess.Popen([*gateway, "serve"], env=env, **quiet)]
