@@ -54,18 +54,11 @@ class Gateway:
             if warm:
                 await runtime.knowledge.search("warm up", k=1)
             traffic = Traffic(runtime.bus)
-            worker = runtime.bus.consume(consume or runtime.pipeline.handle)
-            tasks = [asyncio.create_task(worker)]
-            if timers:
-                assert runtime.relay is not None, "timers need the hand-off configured"
-                tasks.append(asyncio.create_task(runtime.relay.run()))
-            try:
-                async with TestClient(TestServer(build_app(runtime))) as client:
-                    yield cls(runtime=runtime, http=client, traffic=traffic, **extra)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            async with (
+                working(runtime, consume=consume, timers=timers),
+                TestClient(TestServer(build_app(runtime))) as client,
+            ):
+                yield cls(runtime=runtime, http=client, traffic=traffic, **extra)
 
     def channel(self, kind: type[ChannelT]) -> ChannelT:
         """The running channel of this class (its `name` under `channels:`)."""
@@ -83,6 +76,27 @@ class Gateway:
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
         return body
+
+
+@asynccontextmanager
+async def working(
+    runtime: Runtime,
+    *,
+    consume: Callable[[Inbound], Awaitable[object]] | None = None,
+    timers: bool = False,
+) -> AsyncIterator[None]:
+    """The worker role of `runtime` while the block runs: its bus consumed by `consume` (the
+    pipeline by default) and, with `timers`, the hand-off relay's sweeper."""
+    tasks = [asyncio.create_task(runtime.bus.consume(consume or runtime.pipeline.handle))]
+    if timers:
+        assert runtime.relay is not None, "timers need the hand-off configured"
+        tasks.append(asyncio.create_task(runtime.relay.run()))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Traffic:

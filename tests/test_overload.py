@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +40,7 @@ from tests.backends import queued_ids
 from tests.conftest import SAMPLE_KB, backend
 from tests.fakes import until
 from tests.fakes.telegram_api import SECRET, TOKEN, FakeTelegram, private_message
-from tests.harness import Gateway
+from tests.harness import Gateway, working
 
 PRICING = "How much is the Duo plan in the UK?"
 
@@ -243,19 +242,6 @@ async def idle_gateway(
         await redis.aclose()
 
 
-@asynccontextmanager
-async def worker(runtime: Runtime) -> AsyncIterator[None]:
-    async def handle(message: Inbound) -> None:
-        await runtime.pipeline.handle(message)
-
-    consumer = asyncio.create_task(runtime.bus.consume(handle))
-    try:
-        yield
-    finally:
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
-
-
 async def test_rest_beyond_max_in_flight_gets_429_with_retry_after(
     idle_gateway: IdleGateway,
 ) -> None:
@@ -272,7 +258,7 @@ async def test_rest_beyond_max_in_flight_gets_429_with_retry_after(
     assert "capacity" in (await second.json())["error"]
     assert counter("gateway_rejected_total", channel="rest") == rejected + 1
 
-    async with worker(runtime):  # the first is answered, which frees its place
+    async with working(runtime):  # the first is answered, which frees its place
         assert (await first).status == 200
         await until(lambda: admission.in_flight == 0)
         third = await http.post("/api/messages", json={"conversation_id": "third", "text": PRICING})

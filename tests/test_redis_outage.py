@@ -31,6 +31,7 @@ from gateway.app.settings import GatewayConfig
 from gateway.bus.redis import GROUP, STREAM, RedisBus
 from gateway.message import Inbound, TranscriptEntry
 from gateway.redis_client import connect_redis
+from tests.harness import working
 from tests.redis_process import RedisProcess
 from tests.test_bus_contract import consuming, message, wait_for
 
@@ -308,19 +309,6 @@ async def web_and_worker(
     ):
         await until(partition.web_subscribed, 5)
         yield web, http, worker
-
-
-@asynccontextmanager
-async def working(worker: Runtime) -> AsyncIterator[None]:
-    async def handle(m: Inbound) -> None:
-        await worker.pipeline.handle(m)
-
-    task = asyncio.create_task(worker.bus.consume(handle))
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_rest_waiter_whose_notification_was_dropped_gets_its_answer(

@@ -133,6 +133,7 @@ class RedisBus:
         )
         self._listener_task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()  # the pub/sub connection is subscribed
+        self._ever_subscribed = False  # a confirmation after the first is a re-subscription
         self._resyncs: list[Resync] = []
         self._resyncing: set[asyncio.Task[None]] = set()
         self._read_error: str | None = None  # why the last read of the stream failed, if it did
@@ -366,10 +367,13 @@ class RedisBus:
         kind = event["type"]
         if kind == "psubscribe":
             # Confirms the first subscription and every re-subscription, including those the
-            # client makes by itself after a dropped connection: broadcasts may have been
-            # missed in between.
+            # client makes by itself after a dropped connection: after a re-subscription,
+            # broadcasts may have been missed in between. (Before the first, nothing was
+            # listening; waiters that started then re-read their results on their own timer.)
             self._subscribed.set()
-            self._resync()
+            if self._ever_subscribed:
+                self._resync()
+            self._ever_subscribed = True
             return
         if kind not in ("message", "pmessage"):
             return
