@@ -87,7 +87,8 @@ class Limits:
 
 
 class ChannelContext:
-    """Everything a channel may use of the gateway: publish, a few reads, two writes."""
+    """Everything a channel may use of the gateway: publishing (admitted or not), typed
+    broadcasts, a few store reads and the few writes channels make (notes, marks, quotas)."""
 
     def __init__(
         self,
