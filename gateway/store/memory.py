@@ -20,6 +20,9 @@ from gateway.message import Conversation, TranscriptEntry
 log = structlog.get_logger(__name__)
 
 QUOTA_KEYS = 10_000  # quota counters kept before the expired ones are swept
+# A transcript entry's size beyond its text (role, times, ids, as JSON): counted, not measured,
+# so an append does not serialize the entry a second time on the two-second path.
+ENTRY_OVERHEAD = 200
 
 
 @dataclass(slots=True)
@@ -27,7 +30,7 @@ class _Record:
     conversation: str | None = None  # Conversation as JSON
     transcript: list[TranscriptEntry] = field(default_factory=list)
     touched: float = 0.0
-    size: int = 0  # bytes of the conversation's and its entries' JSON: a proxy for memory
+    size: int = 0  # the conversation's JSON and its entries' estimated size: a proxy for memory
 
 
 class MemoryStore:
@@ -88,7 +91,7 @@ class MemoryStore:
     async def append(self, key: str, entry: TranscriptEntry) -> None:
         record = self._touch(key)
         record.transcript.append(entry)
-        self._grow(record, len(entry.model_dump_json()))
+        self._grow(record, len(entry.text) + ENTRY_OVERHEAD)
 
     async def transcript(self, key: str, last: int | None = None) -> list[TranscriptEntry]:
         record = self._records.get(key)
