@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,8 @@ LEGACY_SPACE = "minilm/text"
 
 EMPTY_RECHECK_SECONDS = 5.0
 SEARCH_BATCH = 32
+# Recent query vectors, so the intent checks on a message reuse its search's embedding.
+QUERY_VECTORS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ class KnowledgeBase:
         self._empty_until = 0.0  # monotonic time until which the collection is known empty
         self._queries: deque[_Query] = deque()
         self._batcher: asyncio.Task[None] | None = None
+        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_vectors_lock = threading.Lock()
 
     def ingest(
         self,
@@ -236,6 +240,24 @@ class KnowledgeBase:
             self._batcher = asyncio.create_task(self._run_batches(), name="knowledge:search")
         return await answer
 
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The texts' vectors in the collection's space (for exemplar matching); a text this
+        process searched for lately costs nothing, its search's vector is reused."""
+        with self._query_vectors_lock:
+            known = [self._query_vectors.get(text) for text in texts]
+        missing = [text for text, vector in zip(texts, known, strict=True) if vector is None]
+        fresh = iter(await asyncio.to_thread(self._embed, missing) if missing else [])
+        rows = [vector if vector is not None else next(fresh) for vector in known]
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+
+    def _remember_query_vectors(self, texts: list[str], vectors: np.ndarray) -> None:
+        with self._query_vectors_lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                self._query_vectors[text] = vector
+                self._query_vectors.move_to_end(text)
+            while len(self._query_vectors) > QUERY_VECTORS_KEPT:
+                self._query_vectors.popitem(last=False)
+
     async def _run_batches(self) -> None:
         while batch := self._next_batch():
             try:
@@ -295,8 +317,10 @@ class KnowledgeBase:
                 )
             self._empty_until = time.monotonic() + EMPTY_RECHECK_SECONDS
             return [[] for _ in queries]
+        vectors = self._embed(queries)
+        self._remember_query_vectors(queries, vectors)
         result = collection.query(
-            query_embeddings=self._embed(queries),
+            query_embeddings=vectors,
             n_results=k,
             include=["documents", "metadatas", "distances"],
         )
