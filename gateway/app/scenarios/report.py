@@ -155,7 +155,7 @@ def write_junit(path: Path, results: Sequence[CaseResult]) -> None:
             if run.error is not None:
                 outcome = Error(run.error, "error")
             else:
-                checks = sorted({m.check for turn in run.turns for m in turn.mismatches})
+                checks = dict.fromkeys(m.check for turn in run.turns for m in turn.mismatches)
                 outcome = Failure(f"{', '.join(checks)} not as expected", "mismatch")
             outcome.text = text
             case.result = [outcome]

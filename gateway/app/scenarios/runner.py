@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import CHANNELS
+from brain.knowledge import KnowledgeBase
 from gateway.app.runtime import Runtime
 from gateway.app.scenarios.checks import Mismatch, Outcome, detect_language, mismatches
 from gateway.app.scenarios.model import Case, Expect, Suite
@@ -84,6 +85,11 @@ class CaseResult:
 class ScenarioRunner:
     def __init__(self, runtime: ScenarioRuntime) -> None:
         self._runtime = runtime
+
+    @property
+    def knowledge(self) -> KnowledgeBase:
+        """The knowledge base the pipeline retrieves from (for retrieval benchmarks)."""
+        return self._runtime.knowledge
 
     @property
     def answerer(self) -> str:
