@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=CACHE, help="the knowledge base lives here")
     parser.add_argument("--concurrency", type=int, default=4, help="cases run at once")
     parser.add_argument(
+        "--deadline", type=float, default=30.0, help="brain.deadline in seconds (default 30)"
+    )
+    parser.add_argument(
         "--show-failures", action="store_true", help="the diff of each failed dev case"
     )
     args = parser.parse_args()
@@ -65,7 +68,9 @@ async def measure(args: argparse.Namespace, splits: list[str]) -> None:
     config = GatewayConfig(
         data_dir=args.cache,
         knowledge=KnowledgeConfig(sources=[str(args.corpus.resolve())]),
-        brain=BrainConfig(anthropic_api_key=None),  # the offline answerer, whatever the env
+        # The offline answerer, whatever the environment; the deadline is --deadline, so a
+        # loaded machine's slow search is not counted as a decision (latency has benchmarks).
+        brain=BrainConfig(anthropic_api_key=None, deadline=args.deadline),
     )
     started = time.perf_counter()
     async with open_runner(config) as runner:
@@ -74,7 +79,7 @@ async def measure(args: argparse.Namespace, splits: list[str]) -> None:
         print(
             f"corpus {args.corpus} ({chunks} chunks, ready in {ready:.1f} s), "
             f"{runner.answerer} answerer, embedder {config.knowledge.embedder}, "
-            f"min_confidence {config.brain.min_confidence}"
+            f"min_confidence {config.brain.min_confidence}, deadline {config.brain.deadline:g} s"
         )
         for split in splits:
             suite = load(DATA / f"{split}.yaml")

@@ -40,10 +40,15 @@ cases:
 
 @pytest.fixture
 def config(sample_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The operator's config: the sample help centre, already ingested (so not again)."""
+    """The operator's config: the sample help centre, already ingested (so not again). The
+    answer deadline is generous: these tests are about decisions, on a machine that may be
+    loaded; the deadline has tests and benchmarks of its own."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     path = tmp_path / "gateway.yaml"
-    path.write_text(f"data_dir: {sample_data_dir}\nknowledge:\n  sources: [{SAMPLE_KB}]\n")
+    path.write_text(
+        f"data_dir: {sample_data_dir}\nknowledge:\n  sources: [{SAMPLE_KB}]\n"
+        "brain:\n  deadline: 30\n"
+    )
     return path
 
 
