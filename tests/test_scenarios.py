@@ -35,6 +35,9 @@ cases:
   - name: off-topic-every-time
     turns: ["what's the cheapest car insurance for a new driver?"]
     expect: {action: escalate, reason: low_confidence}
+  - name: wrong-on-the-first-turn
+    turns: ["what's the cheapest car insurance for a new driver?", "How much is the Duo plan?"]
+    every_turn: {not_says: ["help centre"]}
 """
 
 
@@ -98,10 +101,15 @@ def test_a_wrong_expectation_fails_with_a_readable_diff(config: Path, tmp_path: 
     assert "      reply     " in output and "Duo" in output.split("reply     ", 1)[1]
     # Each run is a conversation of its own: the third off-topic question is not taken for
     # the third failure in a row (repeated_failure), so that case passes all three runs.
-    assert "1/2 cases pass^3, offline answerer; 3/6 runs passed" in output
+    assert "1/3 cases pass^3, offline answerer; 3/9 runs passed" in output
+    # `every_turn` is checked on each turn: here the first one fails it.
+    first = output.split("FAIL wrong-on-the-first-turn", 1)[1]
+    assert 'turn 1 of 2: "what\'s the cheapest car insurance for a new driver?"' in first
+    assert "- not_says  not help centre\n    + not_says  " in first
+    assert "turn 2 of 2" not in first
 
     document = JUnitXml.fromfile(str(junit))
-    assert (document.tests, document.failures, document.errors) == (2, 1, 0)
+    assert (document.tests, document.failures, document.errors) == (3, 2, 0)
     cases = {case.name: case for suite in document for case in suite}
     failure = cases["price-is-not-an-escalation"].result[0]
     assert isinstance(failure, Failure)
@@ -109,10 +117,10 @@ def test_a_wrong_expectation_fails_with_a_readable_diff(config: Path, tmp_path: 
     assert "+ action    answer" in (failure.text or "")
     assert cases["off-topic-every-time"].is_passed
     root = ElementTree.parse(junit).getroot()  # plain XML too, as any CI parser reads it
-    assert root.tag == "testsuites" and root.get("failures") == "1"
+    assert root.tag == "testsuites" and root.get("failures") == "2"
 
     body = json.loads(report.read_text(encoding="utf-8"))
-    wrong = next(case for case in body["results"] if not case["passed"])
+    wrong = next(case for case in body["results"] if case["name"] == "price-is-not-an-escalation")
     assert wrong["runs_passed"] == 0 and len(wrong["runs"]) == 3
     assert {m["check"] for m in wrong["runs"][0]["turns"][0]["mismatches"]} == {
         "action",
@@ -196,7 +204,7 @@ def case(expect: dict[str, object], **fields: object) -> Case:
 
 def checked(expect: dict[str, object], result: Outcome, **fields: object) -> list[str]:
     scenario = case(expect, **fields)
-    return [m.check for m in mismatches(scenario.expect, result, scenario)]
+    return [m.check for m in mismatches(scenario.expectations()[-1], result, scenario)]
 
 
 def test_says_and_not_says_match_substrings_ignoring_case_and_slashed_regexes() -> None:

@@ -98,10 +98,13 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def mismatches(expect: Expect | None, outcome: Outcome, case: Case) -> list[Mismatch]:
-    if expect is None:
-        return []
-    return [mismatch for check in CHECKS for mismatch in check(expect, outcome, case)]
+def mismatches(expects: Sequence[Expect], outcome: Outcome, case: Case) -> list[Mismatch]:
+    return [
+        mismatch
+        for expect in expects
+        for check in CHECKS
+        for mismatch in check(expect, outcome, case)
+    ]
 
 
 def same_page(expected: str, cited: str) -> bool:

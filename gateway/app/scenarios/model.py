@@ -11,6 +11,8 @@ cases:
         expect: {action: escalate, reason: policy_restricted}
     expect:                               # optional: about the final turn
       ...
+    every_turn:                           # optional: about each turn
+      not_says: ["refund approved"]
 ```
 
 `expect` holds the checks of one turn (`Expect`). The labelled sets under `benchmarks/data/`
@@ -112,6 +114,7 @@ class Case(_Model):
     name: str = Field(min_length=1)
     turns: list[Annotated[Turn, BeforeValidator(_turn)]] = Field(min_length=1)
     expect: Expect | None = None  # about the final turn
+    every_turn: Expect | None = None  # about each turn (say, an injection's `not_says`)
     channel: str = DEFAULT_CHANNEL
     sender: str = DEFAULT_SENDER
     language: LanguageCode | None = None  # the customer's language; None: English
@@ -124,16 +127,19 @@ class Case(_Model):
             raise ValueError("turns must not be blank")
         if self.expect is not None and self.turns[-1].expect is not None:
             raise ValueError("the final turn has an `expect` and so has the case: keep one")
-        if self.expect is None and all(turn.expect is None for turn in self.turns):
+        if not any(self.expectations()):
             raise ValueError("nothing to check: give the case or a turn an `expect`")
         return self
 
-    def expectations(self) -> list[Expect | None]:
-        """Each turn's expectation, the case's own on the final turn."""
-        found = [turn.expect for turn in self.turns]
+    def expectations(self) -> list[list[Expect]]:
+        """Each turn's expectations: its own (the case's `expect` on the final turn), and
+        `every_turn`."""
+        own = [turn.expect for turn in self.turns]
         if self.expect is not None:
-            found[-1] = self.expect
-        return found
+            own[-1] = self.expect
+        return [
+            [expect for expect in (mine, self.every_turn) if expect is not None] for mine in own
+        ]
 
     def channels(self) -> set[str]:
         return {turn.channel or self.channel for turn in self.turns}

@@ -44,7 +44,7 @@ class ScenarioRuntime(Runtime):
 @dataclass(frozen=True, slots=True)
 class CheckedTurn:
     outcome: Outcome
-    expect: Expect | None
+    expects: tuple[Expect, ...]
     mismatches: tuple[Mismatch, ...]
 
 
@@ -106,7 +106,7 @@ class ScenarioRunner:
     ) -> list[CaseResult]:
         """Every case `repeat` times (its runs one after the other, `concurrency` cases at
         once); `on_run` is called after each run, for progress."""
-        if any(expect and expect.language for suite in suites for expect in _expects(suite)):
+        if any(expect.language for suite in suites for expect in _expects(suite)):
             detect_language("warm up")  # loads the model now, not in the middle of a turn
         slots = asyncio.Semaphore(concurrency)
 
@@ -130,7 +130,7 @@ class ScenarioRunner:
         """The case's turns, in order, in a conversation of their own."""
         conversation = conversation_key(case.channel, f"test-{case.name}-{attempt}-{new_id()[:8]}")
         checked: list[CheckedTurn] = []
-        for turn, expect in zip(case.turns, case.expectations(), strict=True):
+        for turn, expects in zip(case.turns, case.expectations(), strict=True):
             message = Inbound(
                 channel=turn.channel or case.channel,
                 conversation=conversation,
@@ -154,12 +154,13 @@ class ScenarioRunner:
                 confidence=decision.confidence,
                 latency_ms=result.latency_ms,
             )
-            checked.append(CheckedTurn(outcome, expect, tuple(mismatches(expect, outcome, case))))
+            found = mismatches(expects, outcome, case)
+            checked.append(CheckedTurn(outcome, tuple(expects), tuple(found)))
         return Run(tuple(checked))
 
 
-def _expects(suite: Suite) -> list[Expect | None]:
-    return [expect for case in suite.cases for expect in case.expectations()]
+def _expects(suite: Suite) -> list[Expect]:
+    return [expect for case in suite.cases for turn in case.expectations() for expect in turn]
 
 
 @asynccontextmanager
