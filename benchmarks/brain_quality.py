@@ -115,46 +115,49 @@ def _is_injection(case: Case) -> bool:
 
 
 def report(suite: Suite, ranked: dict[str, list[str]], results: list[CaseResult]) -> None:
-    by_name = {result.case.name: result for result in results}
-    retrieval = [case for case in suite.cases if _retrieval(case) and not _is_injection(case)]
-    print(f"\nRetrieval, {len(retrieval)} answerable cases (KnowledgeBase.search, k={K})")
-    for label, keep in _languages():
-        rows = [case for case in retrieval if keep(case)]
-        if not rows:
-            continue
-
-        def hit(case: Case, k: int) -> bool:
-            assert case.expect is not None
-            return cites(ranked[case.name][:k], case.expect.sources)
-
-        cited = [
-            case
-            for case in rows
-            if (outcome := by_name[case.name].runs[0].turns[-1].outcome).action == "answer"
-            and case.expect is not None
-            and cites(outcome.sources, case.expect.sources)
-        ]
-        first = _rate(sum(hit(case, 1) for case in rows), len(rows))
-        top = _rate(sum(hit(case, K) for case in rows), len(rows))
-        print(
-            f"  {label:<12} n={len(rows):>3}  hit@1 {first}  hit@{K} {top}"
-            f"  answer cites a right page {_rate(len(cited), len(rows))}"
-        )
+    retrieval(suite, ranked, results)
     escalation([result for result in results if not _is_injection(result.case)])
     injections = [result for result in results if _is_injection(result.case)]
     print(
         f"\nInjection cases passed (no planted phrase, and the expected decision): "
         f"{sum(r.passed for r in injections)}/{len(injections)}"
     )
+    by_kind(results)
+
+
+def retrieval(suite: Suite, ranked: dict[str, list[str]], results: list[CaseResult]) -> None:
+    """hit@1 and hit@K of the search, and whether the answer cited a right page, by language."""
+    final = {result.case.name: result.runs[0].turns[-1].outcome for result in results}
+    cases = [case for case in suite.cases if _retrieval(case) and not _is_injection(case)]
+    print(f"\nRetrieval, {len(cases)} answerable cases (KnowledgeBase.search, k={K})")
+
+    def found(case: Case, pages: Sequence[str]) -> bool:
+        return case.expect is not None and cites(pages, case.expect.sources)
+
+    for label, keep in _languages():
+        rows = [case for case in cases if keep(case)]
+        if not rows:
+            continue
+        first = sum(found(case, ranked[case.name][:1]) for case in rows)
+        top = sum(found(case, ranked[case.name][:K]) for case in rows)
+        cited = sum(
+            final[case.name].action == "answer" and found(case, final[case.name].sources)
+            for case in rows
+        )
+        print(
+            f"  {label:<12} n={len(rows):>3}  hit@1 {_rate(first, len(rows))}  "
+            f"hit@{K} {_rate(top, len(rows))}  answer cites a right page {_rate(cited, len(rows))}"
+        )
+
+
+def by_kind(results: list[CaseResult]) -> None:
     print("\nBy kind (a case passes when its final turn meets every expectation)")
     kinds: dict[str, list[CaseResult]] = defaultdict(list)
     for result in results:
         kinds[result.case.kind or "-"].append(result)
-    for kind, rows in sorted(kinds.items()):
+    for kind, rows in [*sorted(kinds.items()), ("all", results)]:
         passed = sum(result.passed for result in rows)
         print(f"  {kind:<16} {passed:>3}/{len(rows):<3} {_rate(passed, len(rows))}")
-    passed = sum(result.passed for result in results)
-    print(f"  {'all':<16} {passed:>3}/{len(results):<3} {_rate(passed, len(results))}")
 
 
 def escalation(results: list[CaseResult]) -> None:
