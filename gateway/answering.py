@@ -14,13 +14,15 @@ from gateway.message import Conversation, Decision, Inbound, TranscriptEntry
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1."""
+    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1;
+    ``found_by`` names the retrievers that ranked it ("dense", "bm25")."""
 
     text: str
     source: str
     title: str
     heading: str
     score: float
+    found_by: tuple[str, ...] = ()
 
 
 class Answerer(Protocol):
