@@ -1,11 +1,12 @@
 """What the pipeline needs of the brain: an answerer and a policy check, as protocols.
 
-The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
+The pipeline starts `retrieve` as soon as the transcript is read, so retrieval runs while the
 conversation's state loads, then hands the passages to `decide`. `brain/` implements both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +27,11 @@ class Passage:
 
 
 class Answerer(Protocol):
-    async def retrieve(self, message: Inbound) -> list[Passage] | None:
-        """The knowledge-base passages for the message; None when the deadline ran out."""
+    async def retrieve(
+        self, message: Inbound, history: Sequence[TranscriptEntry] = ()
+    ) -> list[Passage] | None:
+        """The knowledge-base passages for the message (read with the conversation's last
+        turns, ``history``, when it is a follow-up); None when the deadline ran out."""
         ...
 
     async def decide(
