@@ -10,7 +10,10 @@ among the first k counts), overall and by kind and language, over the split's an
 ``--concurrency`` searches in flight, and the fresh ingest time. Each case is searched as a
 customer sends it: the last turn, cleaned and with the previous turn when it leans on it
 (brain/query.py, as the answerer does); the "hybrid, raw" row searches the last turn as it
-came, to show what the query cleanup is worth.
+came, to show what the query cleanup is worth. Last, how often the best passage's score (the
+cosine similarity) clears ``brain.min_confidence``: for answerable cases (else the offline
+answerer escalates them) and for cases that expect a low-confidence escalation (off-topic,
+unanswerable: there it should not).
 
 The corpus is ingested afresh into a temporary embedded Chroma (the ingest time is part of the
 report). ``test.yaml`` is the held-out split: run ``--split test`` only for final figures of a
@@ -37,6 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from brain.config import BrainConfig  # noqa: E402
 from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, load_embedder  # noqa: E402
 from brain.knowledge import KnowledgeBase, Retriever  # noqa: E402
 from brain.query import search_text  # noqa: E402
@@ -56,7 +60,7 @@ class Case:
     language: str
     query: str  # as the answerer searches it
     raw: str  # the last turn as it came
-    sources: frozenset[str]
+    sources: frozenset[str]  # empty: a case that expects a low-confidence escalation
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging("warning", "console", [])
-    cases = load_cases(DATA / f"{args.split}.yaml")
+    cases, unanswerable = load_cases(DATA / f"{args.split}.yaml")
     embedder = load_embedder(args.embedder)
     print(
         f"corpus {args.corpus.resolve()}  split {args.split} ({len(cases)} answerable cases)  "
@@ -106,51 +110,72 @@ def main() -> None:
             f"unchanged, {report.chunks} chunks embedded (target for a fresh one: < 60 s)\n"
         )
         results = {
-            mode.label: asyncio.run(run(mode, data_dir, embedder, cases, args)) for mode in MODES
+            mode.label: asyncio.run(run(mode, data_dir, embedder, cases, unanswerable, args))
+            for mode in MODES
         }
-    print_quality(cases, {label: found for label, (found, _) in results.items()})
-    print_latency({label: latency for label, (_, latency) in results.items()}, args.concurrency)
+    print_quality(cases, {label: result.pages for label, result in results.items()})
+    print_latency({label: result.latency for label, result in results.items()}, args.concurrency)
+    print_confidence(results)
     if args.misses:
-        print_misses(cases, results["hybrid"][0])
+        print_misses(cases, results["hybrid"].pages)
 
 
-def load_cases(path: Path) -> list[Case]:
-    cases = []
+@dataclass(frozen=True, slots=True)
+class Result:
+    pages: list[list[str]]  # per answerable case, best first
+    latency: dict[int, list[float]]  # ms, per number of searches in flight
+    answerable_scores: list[float]  # the best passage's score, per answerable case
+    unanswerable_scores: list[float]  # the same for the low-confidence cases
+
+
+def load_cases(path: Path) -> tuple[list[Case], list[Case]]:
+    """The answerable cases, and those that expect a low-confidence escalation."""
+    cases, unanswerable = [], []
     for case in yaml.safe_load(path.read_text(encoding="utf-8"))["cases"]:
         sources = case["expect"].get("sources")
-        if not sources:
+        if not sources and case["expect"].get("reason") != "low_confidence":
             continue
         *earlier, last = case["turns"]
         history = [TranscriptEntry(role=Role.CUSTOMER, text=turn) for turn in earlier]
-        cases.append(
+        (cases if sources else unanswerable).append(
             Case(
                 name=case["name"],
                 kind=case["kind"],
                 language=LANGUAGES[case.get("language")],
                 query=search_text(last, history),
                 raw=last,
-                sources=frozenset(sources),
+                sources=frozenset(sources or ()),
             )
         )
-    return cases
+    return cases, unanswerable
 
 
 async def run(
-    mode: Mode, data_dir: Path, embedder: Any, cases: list[Case], args: argparse.Namespace
-) -> tuple[list[list[str]], dict[int, list[float]]]:
-    """Each case's pages, best first, and the search latencies (ms) per concurrency."""
+    mode: Mode,
+    data_dir: Path,
+    embedder: Any,
+    cases: list[Case],
+    unanswerable: list[Case],
+    args: argparse.Namespace,
+) -> Result:
     kb = KnowledgeBase(data_dir, embedder=embedder, retrievers=mode.retrievers)
     try:
         queries = [mode.query(case) for case in cases]
         # The first searches build the lexical index and warm the embedder (its first calls
         # are slow); latency is timed after the quality pass.
-        found = [[p.source for p in await kb.search(query, k=K)] for query in queries]
+        found = [await kb.search(query, k=K) for query in queries]
+        others = [await kb.search(mode.query(case), k=K) for case in unanswerable]
         latency: dict[int, list[float]] = {}
         for concurrency in sorted({1, args.concurrency}):
             latency[concurrency] = await timed(kb, queries * args.rounds, concurrency)
     finally:
         kb.close()
-    return found, latency
+    return Result(
+        [[passage.source for passage in passages] for passages in found],
+        latency,
+        [passages[0].score if passages else 0.0 for passages in found],
+        [passages[0].score if passages else 0.0 for passages in others],
+    )
 
 
 async def timed(kb: KnowledgeBase, queries: Sequence[str], concurrency: int) -> list[float]:
@@ -194,6 +219,18 @@ def print_latency(latency: dict[str, dict[int, list[float]]], concurrency: int) 
         for inflight, values in by_concurrency.items():
             p50, p95, p99 = _percentiles(values)
             print(f"{label:<14}{inflight:>10}{len(values):>10}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}")
+
+
+def print_confidence(results: dict[str, Result]) -> None:
+    threshold = BrainConfig().min_confidence
+    print(f"\nBest passage's score >= brain.min_confidence ({threshold:.2f})")
+    print(f"{'retriever':<14}{'answerable (want high)':>26}{'low-confidence cases (want low)':>34}")
+    for label, result in results.items():
+        cells = []
+        for scores in (result.answerable_scores, result.unanswerable_scores):
+            above = sum(score >= threshold for score in scores)
+            cells.append(f"{above}/{len(scores)} = {above / max(len(scores), 1):.2f}")
+        print(f"{label:<14}{cells[0]:>26}{cells[1]:>34}")
 
 
 def print_misses(cases: list[Case], found: list[list[str]]) -> None:

@@ -40,7 +40,7 @@ from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.fusion import fuse_by_page, top
-from brain.lexical import Chunks, FollowedIndex, LexicalIndex, Stamp
+from brain.lexical import Chunks, FollowedIndex, LexicalHits, LexicalIndex, Stamp
 from gateway import metrics
 from gateway.answering import Passage
 
@@ -682,7 +682,7 @@ def _read(root: Path, path: Path) -> _File:
 def _fused(
     query: _Query,
     dense: list[_Found] | None,
-    lexical: list[tuple[int, float]] | None,
+    lexical: LexicalHits | None,
     lexicon: LexicalIndex | None,
 ) -> list[tuple[_Found, tuple[str, ...]]]:
     """The query's top k chunks, each with the retrievers that ranked its page."""
@@ -692,13 +692,13 @@ def _fused(
         rankings["dense"] = [hit.id for hit in dense]
         chunks.update((hit.id, hit) for hit in dense)
     if lexical is not None and lexicon is not None:
-        hits = [_Found.of(lexicon, position) for position, _ in lexical]
+        hits = [_Found.of(lexicon, position) for position, _ in lexical.hits]
         rankings["bm25"] = [hit.id for hit in hits]
         for hit in hits:
             chunks.setdefault(hit.id, hit)
     weights = None
-    if lexicon is not None and dense is not None:
-        weights = {"bm25": lexicon.coverage(query.text) ** 2}
+    if lexical is not None and dense is not None:
+        weights = {"bm25": lexical.coverage**2}
     pages = fuse_by_page(rankings, lambda key: str(chunks[key].meta["source"]), weights)
     return [(chunks[key], page.found_by) for key, page in top(pages, query.k, query.per_page)]
 

@@ -10,7 +10,7 @@ follows an ingest or a crawl made by any process.
 A dense retriever finds paraphrases and other languages; BM25 finds the rare exact term (an
 error message, a setting's name) that an averaged embedding blurs away. Words are lower-cased,
 English stop words dropped and stems taken (PyStemmer's Snowball), as the help centre is
-English; a query in another language shares few stems with it, which `coverage` measures.
+English; a query in another language shares few stems with it, which ``coverage`` measures.
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ class Chunks:
     metadatas: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class LexicalHits:
+    """``hits``: (chunk position, BM25 score), best first. ``coverage``: the share of the
+    query's words (stop words aside) that occur in the index, about 1 for an English question
+    and near 0 for a German one over English docs."""
+
+    hits: list[tuple[int, float]]
+    coverage: float
+
+
 class LexicalIndex:
     """An immutable BM25 index over a collection's chunks; safe to search from any thread."""
 
@@ -58,29 +68,20 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self.chunks.ids)
 
-    def search(self, queries: Sequence[str], depth: int) -> list[list[tuple[int, float]]]:
-        """Per query, up to ``depth`` (chunk position, BM25 score) pairs, best first; chunks
-        that share no word with the query are left out."""
-        if not self.chunks.ids or depth <= 0:
-            return [[] for _ in queries]
-        tokens = [[t for t in query if t in self._vocabulary] for query in self._tokens(queries)]
-        found: list[list[tuple[int, float]]] = []
-        for query in tokens:
-            if not query:
-                found.append([])
+    def search(self, queries: Sequence[str], depth: int) -> list[LexicalHits]:
+        """Per query, up to ``depth`` chunks, best first; chunks that share no word with the
+        query are left out."""
+        found: list[LexicalHits] = []
+        for words in self._tokens(queries):
+            known = [word for word in words if word in self._vocabulary]
+            if not known or depth <= 0:
+                found.append(LexicalHits([], 0.0))
                 continue
-            scores = self._bm25.get_scores(query)
+            scores = self._bm25.get_scores(known)
             best = np.argsort(-scores, kind="stable")[:depth]
-            found.append([(int(i), float(scores[i])) for i in best if scores[i] > 0])
+            hits = [(int(i), float(scores[i])) for i in best if scores[i] > 0]
+            found.append(LexicalHits(hits, len(known) / len(words)))
         return found
-
-    def coverage(self, query: str) -> float:
-        """The share of the query's words (stop words aside) that occur in the index: about 1
-        for an English question, near 0 for a German one over English docs."""
-        tokens = self._tokens([query])[0]
-        if not tokens:
-            return 0.0
-        return sum(token in self._vocabulary for token in tokens) / len(tokens)
 
     def _tokens(self, texts: Sequence[str]) -> list[list[str]]:
         with self._stem_lock:
