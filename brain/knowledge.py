@@ -95,6 +95,10 @@ class _Found:
         chunks = index.chunks
         return cls(chunks.ids[position], chunks.documents[position], chunks.metadatas[position])
 
+    @property
+    def page(self) -> str:
+        return f"{self.meta['root']}\n{self.meta['source']}"
+
     def passage(self, found_by: tuple[str, ...]) -> Passage:
         return Passage(
             text=self.text,
@@ -386,7 +390,7 @@ class KnowledgeBase:
             for row, query in enumerate(batch)
         ]
         self._score(collection, vectors, found)
-        return [[hit.passage(by) for hit, by in hits] for hits in found]
+        return [[hit.passage(by) for hit, by in hits if hit.cosine is not None] for hits in found]
 
     @staticmethod
     def _dense(collection: Any, vectors: np.ndarray, depth: int) -> list[list[_Found]]:
@@ -413,7 +417,9 @@ class KnowledgeBase:
     def _score(
         collection: Any, vectors: np.ndarray, found: list[list[tuple[_Found, tuple[str, ...]]]]
     ) -> None:
-        """The cosine of each chunk that only BM25 ranked, from its stored vector."""
+        """The cosine of each chunk that only BM25 ranked, from its stored vector. A chunk
+        another process deleted since the lexical index was built keeps None (and is left
+        out): the index follows within RECHECK_SECONDS."""
         unscored = {hit.id for hits in found for hit, _ in hits if hit.cosine is None}
         if not unscored:
             return
@@ -699,7 +705,7 @@ def _fused(
     weights = None
     if lexical is not None and dense is not None:
         weights = {"bm25": lexical.coverage**2}
-    pages = fuse_by_page(rankings, lambda key: str(chunks[key].meta["source"]), weights)
+    pages = fuse_by_page(rankings, lambda key: chunks[key].page, weights)
     return [(chunks[key], page.found_by) for key, page in top(pages, query.k, query.per_page)]
 
 
