@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from brain import lexical
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.embedder import Embedder
 from brain.knowledge import KnowledgeBase, Retriever
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hybrid"
@@ -20,16 +20,10 @@ REFERENCE = "QX-FERNWOOD-88"
 Opener = Callable[..., KnowledgeBase]  # retrievers (default: both) -> a knowledge base
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return load_embedder(DEFAULT_EMBEDDER)
-
-
 @pytest.fixture
 def docs(tmp_path: Path) -> Path:
-    folder = tmp_path / "docs"
-    shutil.copytree(FIXTURES, folder)
-    return folder
+    """A copy of the fixture pages, free to edit."""
+    return Path(shutil.copytree(FIXTURES, tmp_path / "docs"))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from chromadb.config import Settings
 from structlog.testing import capture_logs
 
 from brain import knowledge, lexical
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, MiniLMEmbedder, load_embedder
+from brain.embedder import Embedder, MiniLMEmbedder
 from brain.knowledge import KnowledgeBase
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kb"
@@ -29,11 +29,6 @@ INGESTED = {
     "returns.html",
     "shipping.mdx",
 }
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return load_embedder(DEFAULT_EMBEDDER)
 
 
 @pytest.fixture
