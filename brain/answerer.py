@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -17,6 +18,7 @@ import structlog
 from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
 from brain.knowledge import KnowledgeBase
+from brain.query import search_text
 from gateway.answering import Passage
 from gateway.message import (
     Action,
@@ -49,9 +51,14 @@ class GroundedAnswerer(ABC):
         self._judge = EscalationJudge(config.escalation, config.messages)
         self._warm = False
 
-    async def retrieve(self, message: Inbound) -> list[Passage] | None:
+    async def retrieve(
+        self, message: Inbound, history: Sequence[TranscriptEntry] = ()
+    ) -> list[Passage] | None:
         """Cut at the deadline, except the first search: it loads the embedding model, which
-        no later message pays for, and a gateway that just started should still answer."""
+        no later message pays for, and a gateway that just started should still answer.
+
+        The search is for the question without greeting, signature and quotes, and with the
+        customer's previous turn when this one leans on it (brain/query.py)."""
         if not message.content:
             return []
         deadline = deadline_of(message, self._config)
@@ -62,8 +69,11 @@ class GroundedAnswerer(ABC):
             # by a search whose answer would come too late anyway.
             log.warning("brain.late_message", deadline=self._config.deadline)
             return None
+        earlier = [entry for entry in history if entry.message_id != message.id]
         search = self._knowledge.search(
-            message.content, k=self._config.max_passages, deadline=deadline if self._warm else None
+            search_text(message.content, earlier),
+            k=self._config.max_passages,
+            deadline=deadline if self._warm else None,
         )
         if not self._warm:
             passages = await search

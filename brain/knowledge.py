@@ -9,6 +9,11 @@ A source is a folder, a file, or a website URL: a site is crawled (brain/crawl.p
 the crawl's scope and each page's source is its URL. The collection's metadata names the
 embedder and the vector recipe (VECTORS) that built it; ingesting with another rebuilds the
 collection, so two vector spaces never share one.
+
+A search is hybrid: the dense ranking (Chroma's nearest vectors) and a BM25 ranking
+(brain/lexical.py, built from the collection itself) are fused by reciprocal rank fusion
+(brain/fusion.py), and one page takes at most ``per_page`` of the top-k slots. A passage's
+``score`` stays its cosine similarity to the query, the confidence the answerers read.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import asyncio
 import hashlib
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import chromadb
@@ -33,6 +39,8 @@ from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.fusion import fuse_by_page, top
+from brain.lexical import Chunks, FollowedIndex, LexicalHits, LexicalIndex, Stamp
 from gateway import metrics
 from gateway.answering import Passage
 
@@ -51,8 +59,15 @@ LEGACY_SPACE = "minilm/text"
 
 EMPTY_RECHECK_SECONDS = 5.0
 SEARCH_BATCH = 32
+# Chunks each retriever ranks per search: enough for k distinct pages once fused.
+SEARCH_DEPTH = 40
+CHUNKS_PAGE = 5000  # chunks read per request when the lexical index is rebuilt
 # Recent query vectors, so the intent checks on a message reuse its search's embedding.
 QUERY_VECTORS_KEPT = 1024
+
+
+Retriever = Literal["dense", "bm25"]
+RETRIEVERS: tuple[Retriever, ...] = ("dense", "bm25")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +76,38 @@ class _Query:
 
     text: str
     k: int
+    per_page: int | None
     deadline: float | None
     answer: asyncio.Future[list[Passage]]
+
+
+@dataclass(slots=True)
+class _Found:
+    """A chunk one of the retrievers ranked; ``cosine`` None until looked up (BM25 only)."""
+
+    id: str
+    text: str
+    meta: dict[str, Any]
+    cosine: float | None = None
+
+    @classmethod
+    def of(cls, index: LexicalIndex, position: int) -> _Found:
+        chunks = index.chunks
+        return cls(chunks.ids[position], chunks.documents[position], chunks.metadatas[position])
+
+    @property
+    def page(self) -> str:
+        return f"{self.meta['root']}\n{self.meta['source']}"
+
+    def passage(self, found_by: tuple[str, ...]) -> Passage:
+        return Passage(
+            text=self.text,
+            source=str(self.meta["source"]),
+            title=str(self.meta["title"]),
+            heading=str(self.meta["heading"]),
+            score=min(1.0, max(0.0, self.cosine or 0.0)),
+            found_by=found_by,
+        )
 
 
 @dataclass(slots=True)
@@ -146,8 +191,10 @@ class KnowledgeBase:
         collection: str = "knowledge",
         embedder: Embedder | str = DEFAULT_EMBEDDER,
         crawl: CrawlConfig | None = None,
+        retrievers: Sequence[Retriever] = RETRIEVERS,
     ) -> None:
-        """``embedder``: a loaded embedder, or the name of one to load on first use."""
+        """``embedder``: a loaded embedder, or the name of one to load on first use;
+        ``retrievers``: the rankings a search fuses (one of them alone, for comparisons)."""
         self._data_dir = Path(data_dir)
         self._chroma_url = chroma_url
         self._collection_name = collection
@@ -164,6 +211,8 @@ class KnowledgeBase:
         self._batcher: asyncio.Task[None] | None = None
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._query_vectors_lock = threading.Lock()
+        self._retrievers = tuple(dict.fromkeys(retrievers))
+        self._lexicon = FollowedIndex(self._stamp, self._chunks)
 
     def ingest(
         self,
@@ -186,8 +235,11 @@ class KnowledgeBase:
         for scope in scopes:
             self._sync(scope, report, writer)
         report.chunks = writer.finish()
+        if report.added or report.updated or report.removed:
+            self._new_generation()
         report.seconds = time.perf_counter() - started
         self._empty_until = 0.0
+        self._lexicon.invalidate()
         return report
 
     def is_stale(self, paths: Sequence[str | Path]) -> bool:
@@ -219,9 +271,10 @@ class KnowledgeBase:
         return int(self._chroma().count())
 
     async def search(
-        self, query: str, k: int = 5, *, deadline: float | None = None
+        self, query: str, k: int = 5, *, per_page: int | None = 1, deadline: float | None = None
     ) -> list[Passage]:
-        """The `k` passages closest to `query`, best first.
+        """The `k` passages that best match `query`, best first, at most ``per_page`` of them
+        from one page (None: no limit).
 
         Concurrent searches are embedded together: one forward pass reads the model's weights
         once for the whole batch, which is what a query's embedding costs on a CPU. Queries
@@ -234,7 +287,7 @@ class KnowledgeBase:
         if not query.strip() or k <= 0 or time.monotonic() < self._empty_until:
             return []
         answer: asyncio.Future[list[Passage]] = asyncio.get_running_loop().create_future()
-        self._queries.append(_Query(query, k, deadline, answer))
+        self._queries.append(_Query(query, k, per_page, deadline, answer))
         batcher = self._batcher
         if batcher is None or batcher.done() or batcher.get_loop() is not answer.get_loop():
             self._batcher = asyncio.create_task(self._run_batches(), name="knowledge:search")
@@ -261,9 +314,7 @@ class KnowledgeBase:
     async def _run_batches(self) -> None:
         while batch := self._next_batch():
             try:
-                found = await asyncio.to_thread(
-                    self._search, [query.text for query in batch], max(q.k for q in batch)
-                )
+                found = await asyncio.to_thread(self._search, batch)
             except Exception as error:
                 for query in batch:
                     if not query.answer.done():
@@ -271,7 +322,7 @@ class KnowledgeBase:
                 continue
             for query, passages in zip(batch, found, strict=True):
                 if not query.answer.done():
-                    query.answer.set_result(passages[: query.k])
+                    query.answer.set_result(passages)
 
     def _next_batch(self) -> list[_Query]:
         """Up to SEARCH_BATCH queued queries whose callers still wait for them, oldest first."""
@@ -300,7 +351,9 @@ class KnowledgeBase:
                 _close_http_sessions(self._client)
             self._client = self._collection = None
 
-    def _search(self, queries: list[str], k: int) -> list[list[Passage]]:
+    def _search(self, batch: Sequence[_Query]) -> list[list[Passage]]:
+        """Each query's fused top k, diverse by page, scored by cosine."""
+        queries = [query.text for query in batch]
         collection = self._chroma()
         if collection.count() == 0 or self.vector_space() != self._space:
             # Nothing to search: skip the embedding (~10 ms of CPU per query), and the thread
@@ -317,28 +370,90 @@ class KnowledgeBase:
                 )
             self._empty_until = time.monotonic() + EMPTY_RECHECK_SECONDS
             return [[] for _ in queries]
-        vectors = self._embed(queries)
-        self._remember_query_vectors(queries, vectors)
+        vectors = self._embed(queries) if "dense" in self._retrievers else None
+        if vectors is not None:
+            self._remember_query_vectors(queries, vectors)
+        lexicon = self._lexicon.current() if "bm25" in self._retrievers else None
+        depth = min(max(SEARCH_DEPTH, *(4 * query.k for query in batch)), collection.count())
+        dense = self._dense(collection, vectors, depth) if vectors is not None else None
+        lexical = lexicon.search(queries, depth) if lexicon is not None else None
+        if vectors is None:
+            # BM25 alone (a comparison): the cosine is still the score, as for any search.
+            vectors = self._embed(queries)
+        found = [
+            _fused(
+                query,
+                dense[row] if dense is not None else None,
+                lexical[row] if lexical is not None else None,
+                lexicon,
+            )
+            for row, query in enumerate(batch)
+        ]
+        self._score(collection, vectors, found)
+        return [[hit.passage(by) for hit, by in hits if hit.cosine is not None] for hits in found]
+
+    @staticmethod
+    def _dense(collection: Any, vectors: np.ndarray, depth: int) -> list[list[_Found]]:
         result = collection.query(
             query_embeddings=vectors,
-            n_results=k,
+            n_results=depth,
             include=["documents", "metadatas", "distances"],
         )
         return [
             [
-                Passage(
-                    text=text,
-                    source=str(meta["source"]),
-                    title=str(meta["title"]),
-                    heading=str(meta["heading"]),
-                    score=min(1.0, max(0.0, 1.0 - distance)),
-                )
-                for text, meta, distance in zip(texts, metas, distances, strict=True)
+                _Found(key, text, meta, 1.0 - distance)
+                for key, text, meta, distance in zip(keys, texts, metas, distances, strict=True)
             ]
-            for texts, metas, distances in zip(
-                result["documents"], result["metadatas"], result["distances"], strict=True
+            for keys, texts, metas, distances in zip(
+                result["ids"],
+                result["documents"],
+                result["metadatas"],
+                result["distances"],
+                strict=True,
             )
         ]
+
+    @staticmethod
+    def _score(
+        collection: Any, vectors: np.ndarray, found: list[list[tuple[_Found, tuple[str, ...]]]]
+    ) -> None:
+        """The cosine of each chunk that only BM25 ranked, from its stored vector. A chunk
+        another process deleted since the lexical index was built keeps None (and is left
+        out): the index follows within RECHECK_SECONDS."""
+        unscored = {hit.id for hits in found for hit, _ in hits if hit.cosine is None}
+        if not unscored:
+            return
+        stored = collection.get(ids=sorted(unscored), include=["embeddings"])
+        by_id = dict(zip(stored["ids"], np.asarray(stored["embeddings"]), strict=True))
+        for row, hits in enumerate(found):
+            for hit, _ in hits:
+                if hit.cosine is None and hit.id in by_id:
+                    hit.cosine = float(np.dot(vectors[row], by_id[hit.id]))
+
+    def _stamp(self) -> Stamp:
+        """The collection's generation stamp (read afresh: another process may have ingested)
+        and its chunk count."""
+        self._chroma()
+        fresh = self._client.get_collection(self._collection_name)
+        return (fresh.metadata or {}).get("generation"), int(fresh.count())
+
+    def _chunks(self) -> Chunks:
+        collection = self._chroma()
+        chunks = Chunks([], [], [])
+        while True:
+            got = collection.get(
+                include=["documents", "metadatas"], limit=CHUNKS_PAGE, offset=len(chunks.ids)
+            )
+            chunks.ids.extend(got["ids"])
+            chunks.documents.extend(got["documents"])
+            chunks.metadatas.extend(got["metadatas"])
+            if len(got["ids"]) < CHUNKS_PAGE:
+                return chunks
+
+    def _new_generation(self) -> None:
+        """Stamp the collection as changed, so every process's lexical index is rebuilt."""
+        metadata = {"embedder": self.embedder_name, "vectors": VECTORS}
+        self._chroma().modify(metadata={**metadata, "generation": uuid.uuid4().hex})
 
     def _ping(self) -> None:
         try:
@@ -568,6 +683,30 @@ def _read(root: Path, path: Path) -> _File:
     data = path.read_bytes()
     source = path.relative_to(root).as_posix()
     return _File(str(root), source, path, data, hashlib.sha256(data).hexdigest())
+
+
+def _fused(
+    query: _Query,
+    dense: list[_Found] | None,
+    lexical: LexicalHits | None,
+    lexicon: LexicalIndex | None,
+) -> list[tuple[_Found, tuple[str, ...]]]:
+    """The query's top k chunks, each with the retrievers that ranked its page."""
+    rankings: dict[str, list[str]] = {}
+    chunks: dict[str, _Found] = {}
+    if dense is not None:
+        rankings["dense"] = [hit.id for hit in dense]
+        chunks.update((hit.id, hit) for hit in dense)
+    if lexical is not None and lexicon is not None:
+        hits = [_Found.of(lexicon, position) for position, _ in lexical.hits]
+        rankings["bm25"] = [hit.id for hit in hits]
+        for hit in hits:
+            chunks.setdefault(hit.id, hit)
+    weights = None
+    if lexical is not None and dense is not None:
+        weights = {"bm25": lexical.coverage**2}
+    pages = fuse_by_page(rankings, lambda key: chunks[key].page, weights)
+    return [(chunks[key], page.found_by) for key, page in top(pages, query.k, query.per_page)]
 
 
 def _close_http_sessions(client: Any) -> None:

@@ -1,11 +1,12 @@
 """What the pipeline needs of the brain: an answerer and a policy check, as protocols.
 
-The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
+The pipeline starts `retrieve` as soon as the transcript is read, so retrieval runs while the
 conversation's state loads, then hands the passages to `decide`. `brain/` implements both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,18 +15,23 @@ from gateway.message import Conversation, Decision, Inbound, TranscriptEntry
 
 @dataclass(frozen=True, slots=True)
 class Passage:
-    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1."""
+    """One retrieved chunk; ``score`` is the cosine similarity to the query, clamped to 0..1;
+    ``found_by`` names the retrievers that ranked it ("dense", "bm25")."""
 
     text: str
     source: str
     title: str
     heading: str
     score: float
+    found_by: tuple[str, ...] = ()
 
 
 class Answerer(Protocol):
-    async def retrieve(self, message: Inbound) -> list[Passage] | None:
-        """The knowledge-base passages for the message; None when the deadline ran out."""
+    async def retrieve(
+        self, message: Inbound, history: Sequence[TranscriptEntry] = ()
+    ) -> list[Passage] | None:
+        """The knowledge-base passages for the message (read with the conversation's last
+        turns, ``history``, when it is a follow-up); None when the deadline ran out."""
         ...
 
     async def decide(

@@ -92,8 +92,12 @@ class Pipeline:
         # Agents' events, hand-off timers and delivery reports go to the relay: no bot turn.
         if message.kind is not InboundKind.CUSTOMER:
             return await self._relay_event(message)
-        # Retrieval starts at once and runs while the state and transcript load.
-        retrieval = asyncio.create_task(self._answerer.retrieve(message))
+        # Retrieval starts once the transcript is read (a follow-up is searched with the
+        # customer's previous turn) and runs while the state loads.
+        transcript = asyncio.create_task(
+            self._store.transcript(message.conversation, last=HISTORY_TURNS)
+        )
+        retrieval = asyncio.create_task(self._retrieve(message, transcript))
 
         # 2. State and transcript. A message a dead worker left half-done is already recorded
         #    (it is necessarily the conversation's latest), so it is not recorded twice.
@@ -102,7 +106,7 @@ class Pipeline:
         )
         conversation.reply_thread = message.thread
         conversation.reply_extras = message.extras
-        history = await self._store.transcript(message.conversation, last=HISTORY_TURNS)
+        history = await transcript
         latest = history[-RECOVERY_WINDOW:]
         if not any(entry.message_id == message.id for entry in latest):
             await self._store.append(
@@ -150,6 +154,12 @@ class Pipeline:
             confidence=round(decision.confidence, 3),
         )
         return _result(message, decision, replies)
+
+    async def _retrieve(
+        self, message: Inbound, transcript: asyncio.Task[list[TranscriptEntry]]
+    ) -> list[Passage] | None:
+        # Shielded: cancelling the retrieval must not cancel the transcript read it waits for.
+        return await self._answerer.retrieve(message, await asyncio.shield(transcript))
 
     async def _decide(
         self,

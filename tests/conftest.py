@@ -19,6 +19,7 @@ from gateway.redis_client import connect_redis
 from tests.harness import Gateway
 
 if TYPE_CHECKING:
+    from brain.embedder import Embedder
     from tests.redis_process import RedisProcess
 
 TESTS = Path(__file__).parent
@@ -151,6 +152,14 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("data")
     KnowledgeBase(data_dir).ingest([SAMPLE_KB])
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The default (multilingual) embedder, loaded once per session."""
+    from brain.embedder import DEFAULT_EMBEDDER, load_embedder
+
+    return load_embedder(DEFAULT_EMBEDDER)
 
 
 async def flush_redis(redis_url: str) -> None:

@@ -17,8 +17,8 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings
 from structlog.testing import capture_logs
 
-from brain import knowledge
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, MiniLMEmbedder, load_embedder
+from brain import knowledge, lexical
+from brain.embedder import Embedder, MiniLMEmbedder
 from brain.knowledge import KnowledgeBase
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kb"
@@ -29,11 +29,6 @@ INGESTED = {
     "returns.html",
     "shipping.mdx",
 }
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return load_embedder(DEFAULT_EMBEDDER)
 
 
 @pytest.fixture
@@ -88,14 +83,15 @@ async def test_ingested_folder_answers_questions_with_source_and_title(
     assert (delivery.source, delivery.title) == ("shipping.mdx", "Shipping and delivery")
 
 
-async def test_passages_are_ranked_by_score(kb: KnowledgeBase, docs: Path) -> None:
+async def test_passages_come_one_per_page_unless_asked(kb: KnowledgeBase, docs: Path) -> None:
     kb.ingest([docs])
     passages = await kb.search("When is the support team available?", k=10)
     assert passages[0].source == "opening-hours.txt"
-    assert len(passages) == kb.count()
-    scores = [passage.score for passage in passages]
-    assert scores == sorted(scores, reverse=True)
-    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert sorted(passage.source for passage in passages) == sorted(INGESTED)
+    every = await kb.search("When is the support team available?", k=10, per_page=None)
+    assert len(every) == kb.count()
+    assert all(0.0 <= passage.score <= 1.0 for passage in every)
+    assert all(passage.found_by for passage in every)
 
 
 def test_hidden_files_and_licences_are_not_ingested(
@@ -314,6 +310,25 @@ async def test_chroma_server_ingest_and_search(
     assert not (tmp_path / "unused").exists()
 
 
+async def test_workers_on_one_chroma_server_follow_each_others_ingests(
+    chroma_url: str, docs: Path, tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = KnowledgeBase(tmp_path / "unused", chroma_url=chroma_url, embedder=embedder)
+    reader = KnowledgeBase(tmp_path / "unused", chroma_url=chroma_url, embedder=embedder)
+    monkeypatch.setattr(lexical, "RECHECK_SECONDS", 0.0)
+    try:
+        writer.ingest([docs])
+        assert (await top(reader, "Do you take seashells?")).source != "billing.md"
+        billing = docs / "billing.md"
+        billing.write_text(billing.read_text() + "\n## Seashells\n\nWe accept cowrie shells.\n")
+        writer.ingest([docs])
+        passage = await top(reader, "cowrie")
+        assert passage.source == "billing.md" and "bm25" in passage.found_by
+    finally:
+        writer.close()
+        reader.close()
+
+
 async def test_an_empty_knowledge_base_answers_without_loading_the_model(tmp_path: Path) -> None:
     knowledge = KnowledgeBase(tmp_path)
     assert await knowledge.search("anything at all?") == []
@@ -364,7 +379,9 @@ async def test_switching_the_embedder_rebuilds_the_collection_in_the_new_vector_
     assert not switched.is_stale([docs])
     assert (await top(switched, "Can I pay with PayPal?")).source == "billing.md"
     with stored(tmp_path / "data") as collection:
-        assert collection.metadata == {"embedder": embedder.name, "vectors": knowledge.VECTORS}
+        metadata = dict(collection.metadata)
+        assert len(metadata.pop("generation")) == 32  # the lexical indexes' change stamp
+        assert metadata == {"embedder": embedder.name, "vectors": knowledge.VECTORS}
         assert len(collection.get(limit=1, include=["embeddings"])["embeddings"][0]) == 512
     switched.close()
 

@@ -214,6 +214,51 @@ def _ingest_with_progress(settings: GatewayConfig, sources: list[str]) -> None:
     )
 
 
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument(help="A customer's question, as they would send it.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Pages to return.")] = 5,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print [{"source", "title", "score"}, ...].')
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """What retrieval returns for a question: one passage per page, best first, with its score
+    (the cosine similarity the answerers' confidence threshold reads) and the retrievers that
+    ranked its page. The question is cleaned as the answerer cleans a message."""
+    from brain.query import clean
+    from gateway.app.runtime import open_knowledge
+
+    settings = _load(config, quiet=True)
+    knowledge = open_knowledge(settings)
+    searched = clean(query)
+    try:
+        if not knowledge.count():
+            console.print("[red]The knowledge base is empty:[/red] run `gateway kb ingest`.")
+            raise typer.Exit(1)
+        passages = asyncio.run(knowledge.search(searched, k=k))
+    finally:
+        knowledge.close()
+    if as_json:
+        found = [{"source": p.source, "title": p.title, "score": p.score} for p in passages]
+        sys.stdout.write(json.dumps(found, indent=2, ensure_ascii=False) + "\n")
+        return
+    if searched != query.strip():
+        console.print(Text(f"searched: {searched}", style="dim"))
+    table = Table("#", "source", "title", "heading", "score", "found by")
+    for rank, passage in enumerate(passages, start=1):
+        # The documents' own words, never read as markup.
+        table.add_row(
+            str(rank),
+            Text(passage.source),
+            Text(passage.title),
+            Text(passage.heading),
+            f"{passage.score:.2f}",
+            " + ".join(passage.found_by),
+        )
+    console.print(table)
+
+
 @app.command()
 def ask(
     text: Annotated[str, typer.Argument(help="The customer's message.")],
