@@ -4,6 +4,22 @@ promise the pipeline).
 The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
 conversation's state loads, then hands the passages to `decide`. Retrieval and the model
 call share one deadline counted from the message's receipt (`brain.deadline`).
+
+How the signals and the answerer's own judgment combine, in `decide`:
+
+1. The operator's regex rules escalate first: a listed topic is policy.
+2. An intent that fires (`brain/intents.py`) escalates next, with its reason, before the
+   answerer is asked: with Claude the model is not called for a clear case.
+3. Otherwise the answerer decides. The offline one escalates `low_confidence` below
+   `brain.min_confidence`; Claude's structured decision stands as the model gave it: it may
+   escalate on its own, with any reason, for what neither rules nor intents caught, and an
+   answer below `brain.model_min_confidence` escalates.
+4. An intent that only leans (just under its threshold) does not act alone; when the
+   answerer escalated with `low_confidence` (nothing answered it, or the model was unsure),
+   the leaning intent names the reason instead: "please move my sites to my colleague" is an
+   account action for the agent, not an unanswered question.
+
+The intent is read from the vector the message's search computed: no second forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ import structlog
 
 from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
+from brain.intents import IntentReader
 from brain.knowledge import KnowledgeBase
 from brain.query import search_text
 from gateway.answering import Passage
@@ -49,7 +66,13 @@ class GroundedAnswerer(ABC):
         self._knowledge = knowledge
         self._config = config
         self._judge = EscalationJudge(config.escalation, config.messages)
+        self._intents = IntentReader(config.escalation.intents, knowledge)
         self._warm = False
+
+    async def warm_up(self) -> None:
+        """Load the embedding model and embed the intents' exemplars before the first message."""
+        await asyncio.to_thread(self._knowledge.warm_up)
+        await self._intents.warm_up()
 
     async def retrieve(
         self, message: Inbound, history: Sequence[TranscriptEntry] = ()
@@ -101,7 +124,9 @@ class GroundedAnswerer(ABC):
                 reply=self._config.messages.empty_message,
             )
         earlier = [entry for entry in history if entry.message_id != message.id]
-        ruled = self._judge.before_answer(message.content, earlier)
+        # Read from the text retrieval searched, whose vector the search left behind.
+        reading = await self._intents.read(search_text(message.content, earlier))
+        ruled = self._judge.before_answer(message.content, earlier, reading)
         if ruled is not None:
             return ruled
         if passages is None:
@@ -114,7 +139,7 @@ class GroundedAnswerer(ABC):
             )
         else:
             decision = await self.answer(message, earlier, passages)
-        return self._judge.after_answer(decision, conversation)
+        return self._judge.after_answer(decision, conversation, reading)
 
     @abstractmethod
     async def answer(

@@ -1,19 +1,26 @@
 """Escalation judgment: when the bot hands a conversation to a person, and why.
 
-Every escalation carries a reason code and one line a human agent can read. The rules here
-run before any answer is worked out (a clear case costs no model call) and for both
-answerers; Claude's own decision can add `human_requested`, `negative_sentiment` and the
-others through its tool call, for what no pattern catches.
+Every escalation carries a reason code and one line a human agent can read. Two signals feed
+it: the operator's regex rules (policy: a listed topic always escalates) and the message's
+intent, read by exemplars (`brain/intents.py`), which catches the phrasings nobody listed.
+Both run before any answer is worked out (a clear case costs no model call) and for both
+answerers; Claude's own decision can add any reason through its tool call.
 
 Reasons decided here:
 
-- `human_requested`: the customer asks for a person (patterns in eight languages);
-- `policy_restricted`: a topic the operator reserves for people (`escalation.restricted_topics`);
-- `account_action`: a request to act on the account (`escalation.account_actions`);
-- `negative_sentiment`: frustration or anger, scored with a small lexicon (below);
+- `human_requested`: the customer asks for a person (patterns in eight languages, or the
+  intent);
+- `policy_restricted`: a topic the operator reserves for people (`escalation.restricted_topics`),
+  or a refund, dispute, legal, security or data-protection intent;
+- `account_action`: a request for staff to act on the account (`escalation.account_actions`,
+  or the intent: "please delete my site", not "how do I delete a site");
+- `negative_sentiment`: frustration or anger, scored with a small lexicon over the last turns
+  (below), or the intent (sarcasm, "third time I'm asking", no lexicon word needed);
+- `low_confidence`, when the intent says the question is out of scope or one the docs never
+  answer (a certification, a contractual promise): no passage is passed off as an answer;
 - `repeated_failure`: the bot failed `escalation.repeated_failures` turns in a row.
 
-`low_confidence` and `model_unavailable` are decided by the answerers, which see the scores.
+`low_confidence` on weak retrieval and `model_unavailable` are decided by the answerers.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from brain.config import BrainMessages, EscalationConfig, TopicRule
+from brain.intents import Intent, Reading
 from gateway.message import (
     Action,
     Conversation,
@@ -124,8 +132,14 @@ class EscalationJudge:
         self._restricted = [_Topic.of(rule) for rule in config.restricted_topics]
         self._account = [_Topic.of(rule) for rule in config.account_actions]
 
-    def before_answer(self, text: str, history: list[TranscriptEntry]) -> Decision | None:
-        """An escalation the rules decide alone from the message and the entries before it."""
+    def before_answer(
+        self, text: str, history: list[TranscriptEntry], reading: Reading | None = None
+    ) -> Decision | None:
+        """An escalation the rules or a fired intent decide alone, from the message, the
+        entries before it and the message's intent. The operator's rules come first; an intent
+        that hands over (person, policy, account, upset) before the lexicon; out of scope last,
+        so an upset customer asking something off-topic is apologised to."""
+        intent = reading.fired if reading else None
         if phrase := wants_human(text):
             return escalate(
                 Reason.HUMAN_REQUESTED, f"The customer asked for a person: “{phrase[:60]}”."
@@ -142,6 +156,8 @@ class EscalationJudge:
                 "The customer asks for a change on their account that the bot cannot make.",
                 reply=self._messages.handover,
             )
+        if intent is not None and intent.reason is not Reason.LOW_CONFIDENCE:
+            return self._intended(intent)
         now = upset_score(text)
         repeated = 0
         if now >= 1:  # earlier complaints count only when this message complains too
@@ -156,10 +172,33 @@ class EscalationJudge:
             why = f"The customer sounds upset (score {score:g}"
             why += f", {repeated} earlier complaint(s))." if repeated else ")."
             return escalate(Reason.NEGATIVE_SENTIMENT, why, reply=self._messages.apology)
+        if intent is not None:
+            return self._intended(intent)
         return None
 
-    def after_answer(self, decision: Decision, conversation: Conversation) -> Decision:
-        """A failed turn that makes `repeated_failures` in a row is escalated as such."""
+    def after_answer(
+        self, decision: Decision, conversation: Conversation, reading: Reading | None = None
+    ) -> Decision:
+        """An escalation the answerer could only call `low_confidence` takes the reason of an
+        intent that leans (a person, policy, account, upset: the agent then knows what the
+        customer wants); a failed turn that makes `repeated_failures` in a row is escalated as
+        such."""
+        leaning = reading.leaning if reading else None
+        if (
+            leaning is not None
+            and leaning.reason is not Reason.LOW_CONFIDENCE
+            and decision.reason is Reason.LOW_CONFIDENCE
+        ):
+            named = self._intended(leaning)
+            return decision.model_copy(
+                update={
+                    "reason": named.reason,
+                    "explanation": f"{named.explanation} {decision.explanation}",
+                    "reply": named.reply
+                    if decision.reply in ("", self._messages.low_confidence)
+                    else decision.reply,
+                }
+            )
         limit = self._config.repeated_failures
         if decision.is_failed_turn and conversation.failed_turns + 1 >= limit:
             return decision.model_copy(
@@ -170,6 +209,20 @@ class EscalationJudge:
                 }
             )
         return decision
+
+    def _intended(self, intent: Intent) -> Decision:
+        replies = {
+            Reason.POLICY_RESTRICTED: self._messages.handover,
+            Reason.ACCOUNT_ACTION: self._messages.handover,
+            Reason.NEGATIVE_SENTIMENT: self._messages.apology,
+            Reason.LOW_CONFIDENCE: self._messages.low_confidence,
+        }
+        return escalate(
+            intent.reason,
+            f"The message reads as {intent.describe()}.",
+            reply=replies.get(intent.reason, ""),
+            confidence=intent.score,
+        )
 
 
 def escalate(

@@ -303,6 +303,13 @@ class KnowledgeBase:
         rows = [vector if vector is not None else next(fresh) for vector in known]
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
 
+    def searched_vector(self, text: str) -> np.ndarray | None:
+        """The vector of `text` if this process searched for it lately, else None: never a
+        forward pass (the intent check on the 2 s path)."""
+        with self._query_vectors_lock:
+            vector = self._query_vectors.get(text)
+        return None if vector is None else np.asarray(vector, dtype=np.float32)
+
     def _remember_query_vectors(self, texts: list[str], vectors: np.ndarray) -> None:
         with self._query_vectors_lock:
             for text, vector in zip(texts, vectors, strict=True):

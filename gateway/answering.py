@@ -44,6 +44,10 @@ class Answerer(Protocol):
         """Answer the customer's message, or decide to escalate, with a reason and sources."""
         ...
 
+    async def warm_up(self) -> None:
+        """Load what the first message would otherwise wait for (models, exemplar vectors)."""
+        ...
+
     async def close(self) -> None:
         """Release clients (HTTP connections to a model provider)."""
         ...

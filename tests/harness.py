@@ -53,6 +53,7 @@ class Gateway:
         async with Runtime.open(config, embedded=embedded) as runtime:
             if warm:
                 await runtime.knowledge.search("warm up", k=1)
+                await runtime.answerer.warm_up()
             traffic = Traffic(runtime.bus)
             async with (
                 working(runtime, consume=consume, timers=timers),

@@ -39,7 +39,7 @@ async def run(
         if ingest:
             await runtime.ingest_if_stale()
         if worker:  # the model loads before the first message, not within its 2 s budget
-            await asyncio.to_thread(runtime.knowledge.warm_up)
+            await runtime.answerer.warm_up()
         consumer = (
             asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle)) if worker else None
         )
