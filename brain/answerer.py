@@ -2,8 +2,9 @@
 promise the pipeline).
 
 The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
-conversation's state loads, then hands the passages to `decide`. Retrieval and the model
-call share one deadline counted from the message's receipt (`brain.deadline`).
+conversation's state loads, then hands the passages to `decide`. Retrieval must end by the
+first-response deadline counted from the message's receipt (`brain.deadline`); the answer
+itself may take until `brain.answer_deadline`, the pipeline saying a holding line meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import structlog
 from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
 from brain.knowledge import KnowledgeBase
-from gateway.answering import Passage
+from gateway.answering import Draft, Passage
 from gateway.message import (
     Action,
     Conversation,
@@ -31,10 +32,12 @@ from gateway.message import (
 log = structlog.get_logger(__name__)
 
 
-def deadline_of(message: Inbound, config: BrainConfig) -> float:
-    """The event-loop time by which the answer must be ready to send."""
+def deadline_of(message: Inbound, config: BrainConfig, seconds: float | None = None) -> float:
+    """The event-loop time, `seconds` after the message's receipt (default `brain.deadline`)
+    less the reserve, by which a step must be done."""
     age = (datetime.now(UTC) - message.received_at).total_seconds()
-    return asyncio.get_running_loop().time() + config.deadline - config.reserve - age
+    budget = config.deadline if seconds is None else seconds
+    return asyncio.get_running_loop().time() + budget - config.reserve - age
 
 
 class GroundedAnswerer(ABC):
@@ -82,6 +85,7 @@ class GroundedAnswerer(ABC):
         conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage] | None,
+        draft: Draft | None = None,
     ) -> Decision:
         if not message.content:
             return Decision(
@@ -103,14 +107,19 @@ class GroundedAnswerer(ABC):
                 confidence=0.0,
             )
         else:
-            decision = await self.answer(message, earlier, passages)
+            decision = await self.answer(message, earlier, passages, draft)
         return self._judge.after_answer(decision, conversation)
 
     @abstractmethod
     async def answer(
-        self, message: Inbound, history: list[TranscriptEntry], passages: list[Passage]
+        self,
+        message: Inbound,
+        history: list[TranscriptEntry],
+        passages: list[Passage],
+        draft: Draft | None = None,
     ) -> Decision:
-        """The answer, or an escalation, once no rule has decided alone."""
+        """The answer, or an escalation, once no rule has decided alone; an answerer that
+        writes its reply gradually shows it in `draft` as it goes."""
 
     async def close(self) -> None:
         """Nothing to release by default."""

@@ -23,6 +23,17 @@ class Passage:
     score: float
 
 
+class Draft(Protocol):
+    """Where a reply is written while it is still being worked out (a model's streamed words,
+    a slow tool call's first result): the pipeline shows it to the customer as it grows,
+    sentence by sentence, each once the policy check passed it (`gateway/streaming.py`). The
+    decision's `reply` stays the whole reply, whatever was drafted."""
+
+    def grow(self, text: str) -> None:
+        """The reply so far: the whole text each time, normally longer than the last."""
+        ...
+
+
 class Answerer(Protocol):
     async def retrieve(self, message: Inbound) -> list[Passage] | None:
         """The knowledge-base passages for the message; None when the deadline ran out."""
@@ -34,8 +45,10 @@ class Answerer(Protocol):
         conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage] | None,
+        draft: Draft | None = None,
     ) -> Decision:
-        """Answer the customer's message, or decide to escalate, with a reason and sources."""
+        """Answer the customer's message, or decide to escalate, with a reason and sources;
+        an answerer that can writes its reply into `draft` as it goes."""
         ...
 
     async def close(self) -> None:

@@ -121,16 +121,17 @@ def decision(
     sources: list[int] | None = None,
     **pace: Any,
 ) -> ToolCall:
-    """The decision tool call the Claude answerer asks for (reason and explanation are only
-    sent when given, as the model sends them only when it escalates)."""
+    """The decision tool call the Claude answerer asks for, its fields in the schema's order
+    (reason and explanation are only sent when given, as the model sends them only when it
+    escalates)."""
     extra = {"reason": reason, "explanation": explanation}
     return ToolCall(
         input={
             "action": action,
-            **{key: value for key, value in extra.items() if value is not None},
             "confidence": confidence,
-            "sources": sources if sources is not None else [1],
             "reply": reply,
+            "sources": sources if sources is not None else [1],
+            **{key: value for key, value in extra.items() if value is not None},
         },
         **pace,
     )
