@@ -87,6 +87,8 @@ MODEL = "answered by Claude"
 
 def kind(result: TurnResult) -> str:
     decision = result.decision
+    if decision.reason is Reason.MODEL_UNAVAILABLE and "knowledge base" in decision.explanation:
+        return "retrieval past brain.deadline: holding reply + escalation"
     if decision.reason is Reason.MODEL_UNAVAILABLE:
         return "holding reply + escalation (model_unavailable)"
     if "Claude unavailable" in decision.explanation:
@@ -208,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.pop("ANTHROPIC_API_KEY", None)
     configure_logging("error", "console", [])
-    rows = []
+    rows, notes = [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temporary:
         for words in args.words:
@@ -222,6 +224,11 @@ def main() -> None:
                     fake.terminate()
                     fake.wait(timeout=10)
                 rows.append(row(words, pace, results))
+                outcomes = Counter(kind(result) for result in results).most_common()
+                notes.append(
+                    f"{words} words at {pace:g} tokens/s: "
+                    + ", ".join(f"{name} {n / len(results):.1%}" for name, n in outcomes)
+                )
     model = f"stalled {args.stall:g} s" if args.stall else f"first token {args.first_token:g} s"
     print(
         f"{args.messages} messages a row, {args.conversations} concurrent conversations, web "
@@ -236,6 +243,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for line in rows:
         print(line)
+    for note in notes:
+        print(f"  {note}")
     print(parse_cost())
 
 
