@@ -57,7 +57,7 @@ async def deliver(
         for part in parts:
             await channel.send(reply.model_copy(update={"text": part}))
     except Exception as exc:
-        return await note_failure(store, reply, exc)
+        return await note_failure(store, reply, exc, holding=holding)
     await record(store, reply, message_id=message_id, holding=holding, timing=timing)
     return Delivered(parts=parts)
 
@@ -87,12 +87,17 @@ async def record(
     await store.append(reply.conversation, entry)
 
 
-async def note_failure(store: Store, reply: Outbound, error: Exception) -> Delivered:
-    """Log a reply that could not be sent, and note it in the transcript."""
+async def note_failure(
+    store: Store, reply: Outbound, error: Exception, *, holding: bool = False
+) -> Delivered:
+    """Log a reply that could not be sent, and note it in the transcript (a holding line's
+    failure as part of a turn whose answer is still to come)."""
     log.error("delivery.failed", channel=reply.channel, exc_info=error)
     metrics.ERRORS.labels("send").inc()
     failure = f"Delivery to the customer failed: {type(error).__name__}"
-    note = TranscriptEntry(role=Role.SYSTEM, text=failure, in_reply_to=reply.in_reply_to)
+    note = TranscriptEntry(
+        role=Role.SYSTEM, text=failure, in_reply_to=reply.in_reply_to, holding=holding
+    )
     await store.append(reply.conversation, note)
     return Delivered(parts=(), failure=failure)
 

@@ -130,6 +130,9 @@ class LiveReply:
         blocked = asyncio.create_task(self._blocked.wait())
         try:
             await asyncio.wait((task, blocked), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the turn itself was cancelled: nothing more is said
+            self._closed = True
+            raise
         finally:
             blocked.cancel()
             if not task.done():
