@@ -70,7 +70,7 @@ class ClaudeAnswerer(GroundedAnswerer):
             api_key=config.anthropic_api_key.get_secret_value(),
             base_url=config.anthropic_base_url,
             max_retries=0,  # retried below, within the deadline
-            timeout=config.answer_deadline,
+            timeout=config.answer_time,
         )
 
     async def close(self) -> None:
@@ -83,7 +83,7 @@ class ClaudeAnswerer(GroundedAnswerer):
         passages: list[Passage],
         draft: Draft | None = None,
     ) -> Decision:
-        deadline = deadline_of(message, self._config, self._config.answer_deadline)
+        deadline = deadline_of(message, self._config, self._config.answer_time)
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=_wait,
