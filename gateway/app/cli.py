@@ -36,6 +36,9 @@ from gateway.message import TurnResult
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.app.scenarios.model import Suite
+    from gateway.app.scenarios.runner import CaseResult
+
 app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
 kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
@@ -254,6 +257,67 @@ async def _ask(settings: GatewayConfig, conversation_id: str, text: str) -> Turn
             provider_message_id=uuid.uuid4().hex,
         )
         return await runtime.pipeline.handle(message)
+
+
+@app.command("test")
+def scenario_test(
+    paths: Annotated[list[Path], typer.Argument(help="Scenario files, or folders of them.")],
+    repeat: Annotated[
+        int, typer.Option(min=1, help="Runs per case; a case passes only if all pass (pass^k).")
+    ] = 1,
+    as_json: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option(help="Also write JUnit XML (for CI systems) to this file.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Cases run at once.")] = 4,
+    config: ConfigOption = None,
+) -> None:
+    """Run scenario tests through the real pipeline, in process: a recording channel instead
+    of the providers, escalations recorded, never sent to agents. Exits 1 when a case fails."""
+    from gateway.app.scenarios import report
+    from gateway.app.scenarios.model import ScenarioError, load_all
+
+    settings = _load(config, quiet=True)
+    try:
+        suites = load_all(paths, channels=list(CHANNELS))
+    except ScenarioError as error:
+        console.print(f"[red]Scenario error[/red] {Text(str(error))}")
+        raise typer.Exit(2) from None
+    results, answerer = asyncio.run(_run_scenarios(settings, suites, repeat, concurrency))
+    report.print_report(console, results, answerer=answerer, repeat=repeat)
+    if as_json is not None:
+        report.write_json(as_json, results, answerer=answerer, repeat=repeat)
+    if junit is not None:
+        report.write_junit(junit, results)
+    if not all(result.passed for result in results):
+        raise typer.Exit(1)
+
+
+async def _run_scenarios(
+    settings: GatewayConfig, suites: list[Suite], repeat: int, concurrency: int
+) -> tuple[list[CaseResult], str]:
+    from gateway.app.scenarios.runner import open_runner
+
+    total = sum(len(suite.cases) for suite in suites) * repeat
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("Opening the gateway", total=total)
+        async with open_runner(settings) as runner:
+            progress.update(task, description="Running scenarios")
+            results = await runner.run(
+                suites,
+                repeat=repeat,
+                concurrency=concurrency,
+                on_run=lambda case: progress.advance(task),
+            )
+            return results, runner.answerer
 
 
 @app.command()

@@ -12,6 +12,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Self
 
 import structlog
 
@@ -69,14 +70,9 @@ class Runtime:
                 retry_after=math.ceil(config.pipeline.retry_after),
             ),
         )
-        sections = config.channels
-        self.channels = {
-            name: channel(section, context)
-            for name, channel in CHANNELS.items()
-            if (section := getattr(sections, name)).enabled
-        }
+        self.channels = self.open_channels(context)
         self.answerer = open_answerer(config, self.knowledge)
-        self.relay = self._open_relay()
+        self.relay = self.open_relay()
         messages = config.brain.messages
         self.pipeline = Pipeline(
             store=self.store,
@@ -95,7 +91,16 @@ class Runtime:
             relay=self.relay,
         )
 
-    def _open_relay(self) -> Relay | None:
+    def open_channels(self, context: ChannelContext) -> dict[str, Channel]:
+        """Every channel enabled under `channels:` (a subclass may put others in their place)."""
+        sections = self.config.channels
+        return {
+            name: channel(section, context)
+            for name, channel in CHANNELS.items()
+            if (section := getattr(sections, name)).enabled
+        }
+
+    def open_relay(self) -> Relay | None:
         """The human hand-off, when agents have a console (a Slack bot token) and a channel."""
         console = open_console(self.config.channels.slack)
         if console is None or self.config.handoff.escalation_channel is None:
@@ -110,7 +115,7 @@ class Runtime:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: GatewayConfig, *, embedded: bool = False) -> AsyncIterator[Runtime]:
+    async def open(cls, config: GatewayConfig, *, embedded: bool = False) -> AsyncIterator[Self]:
         """Open every backend; `embedded` forces the in-process bus and store (`gateway ask`)."""
         redis = None if embedded or not config.redis_url else connect_redis(config.redis_url)
         pipeline_config = config.pipeline

@@ -9,55 +9,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from aiohttp import web
-
+from gateway.app.scenarios import recording
 from gateway.channel import Capabilities, ReplyStream
 from gateway.console import AgentThread, EscalationCard
 from gateway.message import Outbound, TranscriptEntry
-from gateway.split import split_text
 
 
-class RecordingChannel:
-    """`gateway.channel.Channel` that keeps every message sent and every typing signal."""
+class RecordingChannel(recording.RecordingChannel):
+    """`gateway test`'s recording channel as the REST channel, with short messages (so splits
+    show), typing, and failures on demand."""
 
     name: ClassVar[str] = "rest"
     capabilities: ClassVar[Capabilities] = Capabilities(text_limit=40, typing=True)
 
     def __init__(self) -> None:
-        self.sent: list[Outbound] = []
-        self.typing_in: list[str] = []
+        super().__init__()
         self.failing: Exception | None = None  # raised by the next sends, when set
-
-    @property
-    def connects(self) -> bool:
-        return False
-
-    @property
-    def texts(self) -> list[str]:
-        return [outbound.text for outbound in self.sent]
-
-    def routes(self) -> list[web.RouteDef]:
-        return []
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def split(self, text: str) -> list[str]:
-        return split_text(text, self.capabilities.text_limit)
 
     async def send(self, outbound: Outbound) -> None:
         if self.failing is not None:
             raise self.failing
-        self.sent.append(outbound)
-
-    async def typing(self, conversation: str) -> None:
-        self.typing_in.append(conversation)
-
-    async def stream(self, outbound: Outbound) -> ReplyStream | None:
-        return None
+        await super().send(outbound)
 
 
 class RecordingStreamingChannel(RecordingChannel):
