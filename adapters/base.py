@@ -2,7 +2,8 @@
 connection, no typing indicator, splitting at the channel's text limit.
 
 A channel subclasses `BaseChannel[ItsConfig]`, sets `name` (its key under `channels:`) and
-`capabilities`, and implements `send`; `gateway.channel.Channel` is what the core sees of it.
+`capabilities`, and implements `send` (and `stream`, when it declares `streaming`);
+`gateway.channel.Channel` is what the core sees of it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.channel import Capabilities, ChannelContext
+from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import Section
 from gateway.message import Outbound
 from gateway.split import split_text
@@ -70,6 +71,10 @@ class BaseChannel(ABC, Generic[ConfigT]):
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
+
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        """A message that grows, on channels with `capabilities.streaming`; None by default."""
+        return None
 
     @classmethod
     def credential_checks(cls, config: ConfigT) -> list[CredentialCheck]:

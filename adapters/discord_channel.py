@@ -5,6 +5,10 @@ over Discord's REST API from whichever process sends them.
 key is `discord`.) Customers reach the bot in DMs, and in guild channels and threads by
 mentioning it; each sender in a guild channel is their own conversation, answered as a reply to
 their message. Rate limits are discord.py's business: its HTTP client waits out every 429.
+
+A bot answer is streamed by posting its first sentences and editing the message as it grows,
+at most once per `EDIT_INTERVAL` (Discord allows about five edits per five seconds in a
+channel), the last edit making it read as the complete answer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import yarl
 from pydantic import Field, SecretStr, model_validator
 
 from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
-from gateway.channel import Capabilities, ChannelContext
+from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import Seconds, secret
 from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
 
@@ -42,6 +46,7 @@ ALLOWED_MENTIONS = discord.AllowedMentions(
     everyone=False, users=False, roles=False, replied_user=True
 )
 _ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+EDIT_INTERVAL = 1.0  # seconds between two edits of a streamed message
 
 
 class DiscordConfig(ChannelSection):
@@ -73,7 +78,7 @@ class MessageContentIntentMissing(RuntimeError):
 class DiscordChannel(BaseChannel[DiscordConfig]):
     name = CHANNEL
     # 2000 characters of content: https://discord.com/developers/docs/resources/message#create-message
-    capabilities = Capabilities(text_limit=2000, typing=True)
+    capabilities = Capabilities(text_limit=2000, typing=True, streaming=True)
 
     @classmethod
     def credential_checks(cls, config: DiscordConfig) -> list[CredentialCheck]:
@@ -113,6 +118,19 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
     # Sending (any process): REST only, no gateway connection.
 
     async def send(self, outbound: Outbound) -> None:
+        await self._post(outbound)
+
+    async def stream(self, outbound: Outbound) -> ReplyStream:
+        posted = await self._post(outbound)
+        return DiscordEdits(self, _channel_id(outbound.conversation), posted, outbound.text)
+
+    async def _edit(self, channel_id: int, message_id: str, text: str) -> None:
+        rest = await self._http()
+        with handle_message_parameters(content=text, allowed_mentions=ALLOWED_MENTIONS) as params:
+            await rest.edit_message(channel_id, message_id, params=params)
+
+    async def _post(self, outbound: Outbound) -> str:
+        """Create the message; its id."""
         rest = await self._http()
         channel_id = _channel_id(outbound.conversation)
         reply_to = outbound.extras.get("reply_to")
@@ -127,7 +145,8 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
             allowed_mentions=ALLOWED_MENTIONS,
             message_reference=reference,
         ) as params:
-            await rest.send_message(channel_id, params=params)
+            created = await rest.send_message(channel_id, params=params)
+        return str(created["id"])
 
     async def typing(self, conversation: str) -> None:
         # Lasts 10 s or until the bot's message: https://discord.com/developers/docs/resources/channel#trigger-typing-indicator
@@ -220,6 +239,49 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
             return
         async with self._publishing:
             await self.context.publish(inbound)
+
+
+class DiscordEdits:
+    """A posted message, edited as the answer grows: the latest text at most once per
+    `EDIT_INTERVAL`, and the complete one at the end."""
+
+    def __init__(self, channel: DiscordChannel, channel_id: int, message_id: str, text: str):
+        self._channel = channel
+        self._channel_id = channel_id
+        self._message_id = message_id
+        self._text = text  # what the message should read
+        self._shown = text  # what Discord shows
+        self._last_edit = time.monotonic()
+        self._pending: asyncio.Task[None] | None = None
+
+    async def append(self, text: str) -> None:
+        self._text += text
+        if self._pending is None:
+            self._pending = asyncio.create_task(self._edit_soon())
+
+    async def finish(self, reply: Outbound) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
+        if reply.text != self._shown:
+            await self._edit(reply.text)
+
+    replace = finish  # the last edit makes it read as the reply, whatever it showed
+
+    async def _edit_soon(self) -> None:
+        try:
+            while self._text != self._shown:
+                await asyncio.sleep(self._last_edit + EDIT_INTERVAL - time.monotonic())
+                await self._edit(self._text)
+        except Exception:  # the final edit at `finish` tries again
+            log.warning("discord.edit_failed", exc_info=True)
+        finally:
+            self._pending = None
+
+    async def _edit(self, text: str) -> None:
+        self._last_edit = time.monotonic()
+        await self._channel._edit(self._channel_id, self._message_id, text)
+        self._shown = text
 
 
 class _GatewayClient(discord.Client):

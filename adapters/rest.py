@@ -162,6 +162,8 @@ def answer_body(conversation_id: str, turn: TurnResult) -> dict[str, Any]:
             "confidence": round(decision.confidence, 4),
             "sources": [source.model_dump() for source in decision.sources],
         },
+        # Receipt to the first text of the turn (a holding line, or the reply), and to the reply.
+        "first_response_ms": turn.first_response_ms,
         "latency_ms": turn.latency_ms,
     }
 

@@ -18,6 +18,11 @@ Messages are routed by where they are written:
   message; the bot answers in a thread;
 - anything else (an escalation channel outside its threads, other bots, edits): ignored.
 
+A bot answer is streamed into its thread as it is written (`chat.startStream`, then
+`chat.appendStream`, ended by `chat.stopStream`: slack_sdk's `AsyncChatStream`,
+https://docs.slack.dev/reference/methods/chat.startStream); a streamed message that must read
+otherwise at the end (a policy escalation) is rewritten with `chat.update`.
+
 The agents' console on the same Web API is `adapters/slack_console.py`.
 """
 
@@ -44,11 +49,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
-from gateway.channel import Capabilities, ChannelContext
+from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
     Attachment,
@@ -165,7 +171,7 @@ class SlackChannel(BaseChannel[SlackConfig]):
     name = CHANNEL
     # Slack truncates at 40,000 characters, but asks clients to keep messages to 4,000
     # (https://api.slack.com/rtm#limits); longer answers are split at paragraphs instead.
-    capabilities = Capabilities(text_limit=4000)
+    capabilities = Capabilities(text_limit=4000, streaming=True)
 
     @classmethod
     def credential_checks(cls, config: SlackConfig) -> list[CredentialCheck]:
@@ -253,6 +259,22 @@ class SlackChannel(BaseChannel[SlackConfig]):
             unfurl_links=False,
         )
 
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        channel, thread = _address(outbound)
+        if thread is None:
+            return None  # a streamed message is always a thread reply
+        # Outside a DM the stream names its reader (the customer, from the inbound `extras`).
+        streamer = await self.client.chat_stream(
+            channel=channel,
+            thread_ts=thread,
+            recipient_user_id=outbound.extras.get("recipient_user"),
+            recipient_team_id=outbound.extras.get("recipient_team"),
+            buffer_size=1,  # every sentence goes out as it is released; they come ~1 s apart
+        )
+        stream = SlackStream(self.client, channel, streamer)
+        await stream.append(outbound.text)
+        return stream
+
     # -- inbound -----------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -326,6 +348,8 @@ class SlackChannel(BaseChannel[SlackConfig]):
                 attachments=tuple(_attachment(file) for file in event.get("files", ())),
                 provider_message_id=f"slack:{channel}:{ts}",
                 thread=thread_ts or ts,  # replies go to the message's thread, or start one
+                # Who a streamed answer is for: https://docs.slack.dev/reference/methods/chat.startStream
+                extras={"recipient_user": user, "recipient_team": context.team_id or workspace},
             )
         )
 
@@ -391,6 +415,30 @@ class SlackChannel(BaseChannel[SlackConfig]):
                 names.get("display_name") or names.get("real_name") or profile.get("name") or user
             )
         return self._names[user]
+
+
+class SlackStream:
+    """One streamed bot message in a thread."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, streamer: AsyncChatStream) -> None:
+        self._client = client
+        self._channel = channel
+        self._streamer = streamer
+
+    async def append(self, text: str) -> None:
+        await self._streamer.append(markdown_text=text)
+
+    async def finish(self, reply: Outbound) -> None:
+        await self._streamer.stop()
+
+    async def replace(self, reply: Outbound) -> None:
+        await self._streamer.stop()
+        await self._client.chat_update(
+            channel=self._channel,
+            ts=self._streamer.ts or "",
+            blocks=[{"type": "markdown", "text": reply.text}],
+            text=reply.text,
+        )
 
 
 def _failure(error: Exception) -> str:

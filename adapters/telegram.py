@@ -10,6 +10,11 @@ Telegram redelivers; a redelivery (or an update polled twice) carries the same `
 which is the message's provider id, so the pipeline's dedupe drops it. Private chats are always
 answered; in groups, only messages that mention the bot or reply to it, each sender in their
 own conversation.
+
+In a private chat a bot answer is streamed as a draft while it is written (`sendMessageDraft`,
+each call the text so far under one `draft_id`, animated by the app), then persisted by the
+final `sendMessage` (https://core.telegram.org/bots/api#sendmessagedraft); groups have no
+drafts, so they get the whole answer once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+import secrets
 from typing import Literal
 
 import structlog
@@ -39,7 +45,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck, parse_json
 from adapters.markup import to_telegram_html
-from gateway.channel import Capabilities, ChannelContext
+from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
 
@@ -96,7 +102,7 @@ class TelegramConfig(ChannelSection):
 class TelegramChannel(BaseChannel[TelegramConfig]):
     name = CHANNEL
     # 4096 characters after entity parsing: https://core.telegram.org/bots/api#sendmessage
-    capabilities = Capabilities(text_limit=4096, typing=True)
+    capabilities = Capabilities(text_limit=4096, typing=True, streaming=True)
 
     @classmethod
     def credential_checks(cls, config: TelegramConfig) -> list[CredentialCheck]:
@@ -172,6 +178,13 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
                 raise
             log.warning("telegram.formatting_rejected", detail=error.message)
             await self._send_message(text=outbound.text, parse_mode=None, **addressing)
+
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        if len(ConversationKey.parse(outbound.conversation).scope) != 1:
+            return None  # a group (`telegram:<chat>:<user>`): drafts are for private chats
+        draft = TelegramDraft(self, outbound)
+        await draft.append(outbound.text)
+        return draft
 
     async def typing(self, conversation: str) -> None:
         # Lasts 5 s or until the bot's message arrives: https://core.telegram.org/bots/api#sendchataction
@@ -291,6 +304,33 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
             )
             for entity in message.entities or message.caption_entities or ()
         )
+
+
+class TelegramDraft:
+    """A private chat's draft, redrawn with the text so far, until the final message."""
+
+    def __init__(self, channel: TelegramChannel, outbound: Outbound) -> None:
+        self._channel = channel
+        self._chat_id = _chat_id(outbound.conversation)
+        self._thread = int(outbound.thread) if outbound.thread else None
+        self._id = secrets.randbelow(2**31 - 1) + 1  # "must be non-zero"
+        self._text = ""
+
+    async def append(self, text: str) -> None:
+        self._text += text
+        await self._channel._bot.send_message_draft(
+            chat_id=self._chat_id,
+            draft_id=self._id,
+            message_thread_id=self._thread,
+            text=to_telegram_html(self._text),
+            parse_mode=ParseMode.HTML,
+        )
+
+    async def finish(self, reply: Outbound) -> None:
+        # A draft is ephemeral (a 30 s preview): the message is what persists the answer.
+        await self._channel.send(reply)
+
+    replace = finish  # the message replaces the draft, whatever it showed
 
 
 def _chat_id(conversation: str) -> int:

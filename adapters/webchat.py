@@ -11,6 +11,10 @@ through a bus broadcast, so a reply produced by any worker (or, later, an agent)
 web process that holds the customer's socket. A broadcast lost while the bus reconnected is
 made good by sending each socket its history again (a `history` frame, which the page
 redraws); the page's own reconnect gets it in `hello`.
+
+A streamed answer is a `stream` frame (its first sentences, and a `stream_id`), `append`
+frames, then the usual `reply` frame with the same `stream_id`: the page redraws the growing
+bubble as the complete reply (which is also what a missed frame is made good by).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from aiohttp import WSMsgType, web
 from pydantic import Field, SecretStr
 
 from adapters.base import BaseChannel, ChannelToggle, parse_json
-from gateway.channel import Capabilities, ChannelContext
+from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
     Inbound,
@@ -63,7 +67,7 @@ class WebchatConfig(ChannelToggle):
 
 class WebchatChannel(BaseChannel[WebchatConfig]):
     name = CHANNEL
-    capabilities = Capabilities(text_limit=None, typing=True)
+    capabilities = Capabilities(text_limit=None, typing=True, streaming=True)
 
     def __init__(self, config: WebchatConfig, context: ChannelContext) -> None:
         super().__init__(config, context)
@@ -79,17 +83,15 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         return [web.get("/", self._index), web.get("/webchat/ws", self._websocket)]
 
     async def send(self, outbound: Outbound) -> None:
-        frame = {
-            "type": "reply",
-            "role": outbound.role.value,
-            "text": outbound.text,
-            "author": outbound.author,
-            "at": utcnow().isoformat(),
-            "sources": [source.model_dump() for source in outbound.sources],
-        }
-        await self.context.broadcast(
-            WEBCHAT, WebchatFrame(conversation=outbound.conversation, frame=frame)
-        )
+        await self._frame(outbound.conversation, _reply_frame(outbound))
+
+    async def stream(self, outbound: Outbound) -> ReplyStream:
+        stream = WebchatStream(self, outbound.conversation)
+        await stream.open(outbound)
+        return stream
+
+    async def _frame(self, conversation: str, frame: dict[str, Any]) -> None:
+        await self.context.broadcast(WEBCHAT, WebchatFrame(conversation=conversation, frame=frame))
 
     async def typing(self, conversation: str) -> None:
         await self.context.broadcast(
@@ -200,6 +202,40 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
                 task = asyncio.create_task(_send_frame(socket, payload.frame))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
+
+
+class WebchatStream:
+    """A growing bot bubble: `stream`, then `append` frames, ended by its `reply` frame."""
+
+    def __init__(self, channel: WebchatChannel, conversation: str) -> None:
+        self._channel = channel
+        self._conversation = conversation
+        self._id = new_id()
+
+    async def open(self, outbound: Outbound) -> None:
+        frame = {**_reply_frame(outbound), "type": "stream", "stream_id": self._id}
+        await self._channel._frame(self._conversation, frame)
+
+    async def append(self, text: str) -> None:
+        frame = {"type": "append", "stream_id": self._id, "text": text}
+        await self._channel._frame(self._conversation, frame)
+
+    async def finish(self, reply: Outbound) -> None:
+        frame = {**_reply_frame(reply), "stream_id": self._id}
+        await self._channel._frame(self._conversation, frame)
+
+    replace = finish  # the reply frame redraws the bubble whole either way
+
+
+def _reply_frame(outbound: Outbound) -> dict[str, Any]:
+    return {
+        "type": "reply",
+        "role": outbound.role.value,
+        "text": outbound.text,
+        "author": outbound.author,
+        "at": utcnow().isoformat(),
+        "sources": [source.model_dump() for source in outbound.sources],
+    }
 
 
 def _parse_frame(frame: Any, max_chars: int) -> tuple[str, str]:

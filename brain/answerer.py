@@ -1,9 +1,10 @@
 """The steps the offline and Claude answerers share (`gateway.answering.Answerer` is what they
 promise the pipeline).
 
-The pipeline starts `retrieve` as soon as a message arrives, so retrieval runs while the
-conversation's state loads, then hands the passages to `decide`. Retrieval and the model
-call share one deadline counted from the message's receipt (`brain.deadline`).
+The pipeline starts `retrieve` as soon as the transcript is read, so retrieval runs while the
+conversation's state loads, then hands the passages to `decide`. Retrieval must end by the
+first-response deadline counted from the message's receipt (`brain.deadline`); the answer
+itself may take until `brain.answer_deadline`, the pipeline saying a holding line meanwhile.
 
 How the signals and the answerer's own judgment combine, in `decide`:
 
@@ -36,7 +37,7 @@ from brain.escalation import EscalationJudge, escalate
 from brain.intents import IntentReader
 from brain.knowledge import KnowledgeBase
 from brain.query import search_text
-from gateway.answering import Passage
+from gateway.answering import Draft, Passage
 from gateway.message import (
     Action,
     Conversation,
@@ -50,10 +51,12 @@ from gateway.message import (
 log = structlog.get_logger(__name__)
 
 
-def deadline_of(message: Inbound, config: BrainConfig) -> float:
-    """The event-loop time by which the answer must be ready to send."""
+def deadline_of(message: Inbound, config: BrainConfig, seconds: float | None = None) -> float:
+    """The event-loop time, `seconds` after the message's receipt (default `brain.deadline`)
+    less the reserve, by which a step must be done."""
     age = (datetime.now(UTC) - message.received_at).total_seconds()
-    return asyncio.get_running_loop().time() + config.deadline - config.reserve - age
+    budget = config.deadline if seconds is None else seconds
+    return asyncio.get_running_loop().time() + budget - config.reserve - age
 
 
 class GroundedAnswerer(ABC):
@@ -73,6 +76,7 @@ class GroundedAnswerer(ABC):
         """Load the embedding model and embed the intents' exemplars before the first message."""
         await asyncio.to_thread(self._knowledge.warm_up)
         await self._intents.warm_up()
+        self._warm = True  # the model is loaded: from now on every search is cut at its deadline
 
     async def retrieve(
         self, message: Inbound, history: Sequence[TranscriptEntry] = ()
@@ -115,6 +119,7 @@ class GroundedAnswerer(ABC):
         conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage] | None,
+        draft: Draft | None = None,
     ) -> Decision:
         if not message.content:
             return Decision(
@@ -138,14 +143,19 @@ class GroundedAnswerer(ABC):
                 confidence=0.0,
             )
         else:
-            decision = await self.answer(message, earlier, passages)
+            decision = await self.answer(message, earlier, passages, draft)
         return self._judge.after_answer(decision, conversation, reading)
 
     @abstractmethod
     async def answer(
-        self, message: Inbound, history: list[TranscriptEntry], passages: list[Passage]
+        self,
+        message: Inbound,
+        history: list[TranscriptEntry],
+        passages: list[Passage],
+        draft: Draft | None = None,
     ) -> Decision:
-        """The answer, or an escalation, once no rule has decided alone."""
+        """The answer, or an escalation, once no rule has decided alone; an answerer that
+        writes its reply gradually shows it in `draft` as it goes."""
 
     async def close(self) -> None:
         """Nothing to release by default."""

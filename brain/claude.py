@@ -1,16 +1,21 @@
-"""The Claude answerer: a grounded, streamed answer and a structured decision in two seconds.
+"""The Claude answerer: a grounded answer, streamed to the customer as it is written, and a
+structured decision.
 
 Claude is asked once per message, streaming, with the decision tool forced, so the answer
-and the decision (answer | escalate, reason, explanation, confidence, sources) come back as
-the tool's validated input, never as prose to search for a magic word.
+and the decision (answer | escalate, confidence, reply, sources, reason, explanation) come
+back as the tool's validated input, never as prose to search for a magic word. The tool input
+is read as it streams: once its action and confidence say it is a confident answer, the reply
+grows in the pipeline's draft while the model writes it, and the customer sees its first
+sentence long before the call ends (`gateway/streaming.py`).
 
-The budget is one deadline from the message's receipt (`brain.deadline`, less
-`brain.reserve` to fall back and send). The SDK's own retries are off: it sleeps whatever
-`retry-after` says, however long. Ours retry a transient failure (429, 5xx, 529, connection
-loss, an `error` event mid-stream) only while the wait plus `brain.retry_min_time` still fits
-the deadline. When the model cannot answer in time, the offline answerer answers if it is
-confident; otherwise the customer gets a short holding reply and the conversation escalates
-with `model_unavailable`.
+The model has until the answer deadline from the message's receipt (`brain.answer_deadline`,
+less `brain.reserve` to fall back and send); the pipeline says a holding line if no sentence is
+out by the first-response deadline (`brain.deadline`). The SDK's own retries are off: it sleeps
+whatever `retry-after` says, however long. Ours retry a transient failure (429, 5xx, 529,
+connection loss, an `error` event mid-stream) only while the wait plus `brain.retry_min_time`
+still fits the deadline. When the model cannot answer in time, the offline answerer answers if
+it is confident; otherwise the customer gets a short holding reply and the conversation
+escalates with `model_unavailable`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import jiter
 import structlog
 from anthropic import APIConnectionError, APIError, APIStatusError, AsyncAnthropic
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -35,7 +41,7 @@ from brain.prompt import (
     ModelDecision,
     messages_for,
 )
-from gateway.answering import Passage
+from gateway.answering import Draft, Passage
 from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
 
 log = structlog.get_logger(__name__)
@@ -64,16 +70,20 @@ class ClaudeAnswerer(GroundedAnswerer):
             api_key=config.anthropic_api_key.get_secret_value(),
             base_url=config.anthropic_base_url,
             max_retries=0,  # retried below, within the deadline
-            timeout=config.deadline,
+            timeout=config.answer_time,
         )
 
     async def close(self) -> None:
         await self._client.close()
 
     async def answer(
-        self, message: Inbound, history: list[TranscriptEntry], passages: list[Passage]
+        self,
+        message: Inbound,
+        history: list[TranscriptEntry],
+        passages: list[Passage],
+        draft: Draft | None = None,
     ) -> Decision:
-        deadline = deadline_of(message, self._config)
+        deadline = deadline_of(message, self._config, self._config.answer_time)
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=_wait,
@@ -83,7 +93,7 @@ class ClaudeAnswerer(GroundedAnswerer):
         )
         try:
             async with asyncio.timeout_at(deadline):
-                return await retrying(self._ask, message, history, passages, deadline)
+                return await retrying(self._ask, message, history, passages, deadline, draft)
         except (TimeoutError, APIError, ValueError) as error:
             return await self._fall_back(message, history, passages, _describe(error))
 
@@ -93,6 +103,7 @@ class ClaudeAnswerer(GroundedAnswerer):
         history: list[TranscriptEntry],
         passages: list[Passage],
         deadline: float,
+        draft: Draft | None,
     ) -> Decision:
         config = self._config
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.01)
@@ -106,23 +117,43 @@ class ClaudeAnswerer(GroundedAnswerer):
             stream=True,
             timeout=remaining,
         )
-        # The raw events, not `messages.stream()`: that helper re-parses the partial tool JSON
-        # on every delta, which at 50 concurrent streams costs more CPU than the rest of the
-        # turn; the decision is needed only whole, so its deltas are joined and parsed once.
-        call: list[str] | None = None
+        # The raw events, not `messages.stream()`: that helper builds a snapshot of the whole
+        # message on every event, which at 50 concurrent streams costs more CPU than the rest
+        # of the turn. The tool input so far is parsed by jiter in partial mode instead, for
+        # the reply so far (a decision is a few hundred bytes: well under a microsecond each).
+        call: str | None = None
         stop_reason = None
         async with stream:
             async for event in stream:
                 if event.type == "content_block_start" and event.content_block.type == "tool_use":
-                    call = [] if event.content_block.name == DECISION_TOOL_NAME else None
+                    call = "" if event.content_block.name == DECISION_TOOL_NAME else None
                 elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
                     if call is not None:
-                        call.append(event.delta.partial_json)
+                        call += event.delta.partial_json
+                        if draft is not None and call.strip():
+                            self._draft(call, draft)
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason
         if call is None or stop_reason != "tool_use":
             raise IncompleteDecision(f"no complete decision (stop_reason {stop_reason})")
-        return self._decision(ModelDecision.model_validate_json("".join(call) or "{}"), passages)
+        return self._decision(ModelDecision.model_validate_json(call or "{}"), passages)
+
+    def _draft(self, call: str, draft: Draft) -> None:
+        """The reply so far into `draft`, once the call so far is a confident answer (the
+        schema asks for the action and confidence before the reply; a model that writes the
+        reply first is only shown whole). A number cut short is never above its final value,
+        so a confidence that passes here passes at the end."""
+        partial = jiter.from_json(call.encode(), partial_mode="trailing-strings")
+        if not isinstance(partial, dict):
+            return  # not an object: the complete call fails validation
+        confidence, reply = partial.get("confidence"), partial.get("reply")
+        if (
+            partial.get("action") == "answer"
+            and isinstance(confidence, int | float)
+            and confidence >= self._config.model_min_confidence
+            and isinstance(reply, str)
+        ):
+            draft.grow(reply.lstrip())
 
     def _decision(self, decided: ModelDecision, passages: list[Passage]) -> Decision:
         used = [passages[i - 1] for i in dict.fromkeys(decided.sources) if 0 < i <= len(passages)]

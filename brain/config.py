@@ -45,6 +45,8 @@ class BrainMessages(Section):
     low_confidence: str = "I couldn't find an answer to that in our help centre."
     empty_message: str = "I didn't catch any text there. Could you type your question?"
     error: str = "Sorry, something went wrong on our side. Please try again in a moment."
+    # Said when no text of the answer is ready by `brain.deadline`; the answer follows.
+    wait: str = "One moment…"
     # Said instead of an answer when the model is unavailable or a reply broke the policy.
     holding: str = "Sorry, I can't give you a reliable answer to that right now."
     # Said when a rule hands the conversation over (a reserved topic, an account action).
@@ -189,8 +191,17 @@ class BrainConfig(Section):
     model: str = "claude-haiku-4-5"
     max_tokens: int = Field(default=400, ge=64, le=4096)
     history_turns: int = Field(default=6, ge=0, le=50, description="earlier entries as context")
-    deadline: Seconds = Field(default=2.0, description="receipt to reply: retrieval + model call")
-    reserve: Seconds = Field(default=0.15, description="kept from the deadline to fall back, send")
+    deadline: Seconds = Field(
+        default=2.0,
+        description="receipt to the first response: retrieval, then the answer's first "
+        "sentence, else the holding line (messages.wait)",
+    )
+    answer_deadline: Seconds = Field(
+        default=8.0,
+        description="receipt to the complete answer (at least `deadline`): a model still "
+        "writing then is given up for the offline answer or an escalation",
+    )
+    reserve: Seconds = Field(default=0.15, description="kept from a deadline to fall back, send")
     retry_min_time: Seconds = Field(
         default=1.0, description="a failed model call is retried only if this much time is left"
     )
@@ -201,3 +212,9 @@ class BrainConfig(Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     messages: BrainMessages = Field(default_factory=BrainMessages)
+
+    @property
+    def answer_time(self) -> float:
+        """Seconds from receipt to the complete answer: `answer_deadline`, or `deadline` where
+        that is longer (a config that only lengthens `deadline` lengthens both)."""
+        return max(self.answer_deadline, self.deadline)

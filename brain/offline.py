@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from brain.answerer import GroundedAnswerer, sources_of
-from gateway.answering import Passage
+from gateway.answering import Draft, Passage
 from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -33,7 +33,11 @@ _RELATED_MARGIN = 0.08
 
 class OfflineAnswerer(GroundedAnswerer):
     async def answer(
-        self, message: Inbound, history: list[TranscriptEntry], passages: list[Passage]
+        self,
+        message: Inbound,
+        history: list[TranscriptEntry],
+        passages: list[Passage],
+        draft: Draft | None = None,  # extracted at once: nothing to show before it is whole
     ) -> Decision:
         confidence = passages[0].score if passages else 0.0
         if not passages or confidence < self._config.min_confidence:

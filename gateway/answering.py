@@ -26,6 +26,17 @@ class Passage:
     found_by: tuple[str, ...] = ()
 
 
+class Draft(Protocol):
+    """Where a reply is written while it is still being worked out (a model's streamed words,
+    a slow tool call's first result): the pipeline shows it to the customer as it grows,
+    sentence by sentence, each once the policy check passed it (`gateway/streaming.py`). The
+    decision's `reply` stays the whole reply, whatever was drafted."""
+
+    def grow(self, text: str) -> None:
+        """The reply so far: the whole text each time, normally longer than the last."""
+        ...
+
+
 class Answerer(Protocol):
     async def retrieve(
         self, message: Inbound, history: Sequence[TranscriptEntry] = ()
@@ -40,8 +51,10 @@ class Answerer(Protocol):
         conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage] | None,
+        draft: Draft | None = None,
     ) -> Decision:
-        """Answer the customer's message, or decide to escalate, with a reason and sources."""
+        """Answer the customer's message, or decide to escalate, with a reason and sources;
+        an answerer that can writes its reply into `draft` as it goes."""
         ...
 
     async def warm_up(self) -> None:

@@ -35,6 +35,26 @@ PayloadT = TypeVar("PayloadT", bound=BaseModel)
 class Capabilities:
     text_limit: int | None  # characters per message; None: no limit, never split
     typing: bool = False  # the channel can show that an answer is being prepared
+    streaming: bool = False  # the channel can show a message that grows (`Channel.stream`)
+
+
+class ReplyStream(Protocol):
+    """One bot message that grows on the customer's screen while its answer is written.
+
+    The pipeline appends text only once the policy check passed it, and ends the stream with
+    `finish` or `replace`, exactly once (`gateway/streaming.py`)."""
+
+    async def append(self, text: str) -> None:
+        """Show `text` after what the message shows."""
+        ...
+
+    async def finish(self, reply: Outbound) -> None:
+        """The message is complete as shown; `reply` is it whole (its text and sources)."""
+        ...
+
+    async def replace(self, reply: Outbound) -> None:
+        """The message reads `reply.text` instead of what it showed, and is complete."""
+        ...
 
 
 class Channel(Protocol):
@@ -72,6 +92,11 @@ class Channel(Protocol):
 
     async def typing(self, conversation: str) -> None:
         """Show that an answer is being prepared, where the channel can."""
+        ...
+
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        """Show `outbound` (the first sentences of a reply) as a message that will grow; None
+        where this conversation cannot show one (a Telegram group), so it is sent whole."""
         ...
 
 

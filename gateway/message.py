@@ -200,6 +200,13 @@ class TranscriptEntry(Model):
     in_reply_to: str | None = None  # for replies: the Inbound.id answered
     author: str | None = None
     sources: tuple[Source, ...] = ()
+    # A holding line ("One moment...") said while the answer to `in_reply_to` was still being
+    # worked out: the turn's first part, its answer follows in its own entry.
+    holding: bool = False
+    # For the bot's answers: milliseconds from the customer's message to the first text they
+    # saw of this turn (a holding line, a first streamed sentence), and to the complete answer.
+    first_response_ms: float | None = None
+    latency_ms: float | None = None
 
 
 class Conversation(BaseModel):
@@ -238,5 +245,6 @@ class TurnResult(Model):
     conversation: str
     replies: tuple[str, ...]
     decision: Decision
-    latency_ms: float
+    latency_ms: float  # receipt to the complete answer
+    first_response_ms: float | None = None  # receipt to the first text shown; None: nothing
     duplicate: bool = False

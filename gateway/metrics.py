@@ -20,11 +20,19 @@ REJECTED = Counter(
     "Requests turned away by admission control (429 or 503, with Retry-After)",
     ["channel"],
 )
+_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 10.0)
 LATENCY = Histogram(
     "gateway_turn_latency_seconds",
-    "From receipt of a message to its reply being sent",
+    "From receipt of a message to its complete reply being sent",
     ["channel"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+    buckets=_BUCKETS,
+)
+FIRST_RESPONSE = Histogram(
+    "gateway_first_response_seconds",
+    "From receipt of a message to the first text of its turn the customer saw (a streamed "
+    "first sentence, a holding line, or the whole reply)",
+    ["channel"],
+    buckets=_BUCKETS,
 )
 
 
@@ -35,3 +43,5 @@ def observe_turn(channel: str, result: TurnResult) -> None:
     MESSAGES.labels(channel).inc()
     DECISIONS.labels(result.decision.action.value, result.decision.reason or "none").inc()
     LATENCY.labels(channel).observe(result.latency_ms / 1000)
+    if result.first_response_ms is not None:
+        FIRST_RESPONSE.labels(channel).observe(result.first_response_ms / 1000)

@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 import structlog
 
 from gateway import metrics
-from gateway.answering import Answerer, Passage, PolicyCheck
+from gateway.answering import Answerer, Passage, PolicyCheck, Violation
 from gateway.channel import Channel
-from gateway.delivery import deliver
 from gateway.message import (
     Action,
     Conversation,
@@ -33,13 +32,15 @@ from gateway.message import (
 from gateway.relay import Relay
 from gateway.results import TurnResults
 from gateway.store import Store
+from gateway.streaming import LiveReply
 
 log = structlog.get_logger(__name__)
 
 HISTORY_TURNS = 20
 # A half-done message is its conversation's latest, so its traces are among the last entries:
-# the customer's message, then at most the bot's reply or a delivery-failure note.
-RECOVERY_WINDOW = 3
+# the customer's message, then at most a holding line, and the bot's reply or a
+# delivery-failure note.
+RECOVERY_WINDOW = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class ReplyTexts:
     error: str  # the answerer failed
     holding: str  # instead of a reply that broke the policy
     no_agents: str  # an escalation with no agents' console to take it
+    wait: str  # the first response when the answer is not ready by the first-response deadline
 
 
 class Pipeline:
@@ -61,14 +63,18 @@ class Pipeline:
         channels: Mapping[str, Channel],
         results: TurnResults,
         texts: ReplyTexts,
+        first_response: float,
         relay: Relay | None = None,
     ) -> None:
+        """`first_response`: seconds from a message's receipt after which, if no text of the
+        answer is shown yet, the customer is told `texts.wait` while the answer is finished."""
         self._store = store
         self._answerer = answerer
         self._policy = policy
         self._channels = channels
         self._results = results
         self._texts = texts
+        self._first_response = first_response
         self._relay = relay  # the human hand-off; None without an agents' console
 
     async def handle(self, message: Inbound) -> TurnResult:
@@ -113,10 +119,15 @@ class Pipeline:
                 message.conversation,
                 TranscriptEntry(role=Role.CUSTOMER, text=message.content, message_id=message.id),
             )
-        already_answered = any(entry.in_reply_to == message.id for entry in latest)
+        already_answered = any(
+            entry.in_reply_to == message.id and not entry.holding for entry in latest
+        )
+        held = any(entry.in_reply_to == message.id and entry.holding for entry in latest)
 
         # 3. Decide: the bot answers only while no person owns the conversation, and only
-        #    once: a reply a previous attempt already sent is not worked out again.
+        #    once: a reply a previous attempt already sent is not worked out again (one that
+        #    only said the holding line is answered, without saying it again).
+        live: LiveReply | None = None
         if already_answered or conversation.mode is not Mode.BOT:
             retrieval.cancel()
         if already_answered:
@@ -136,11 +147,15 @@ class Pipeline:
             # Typing is shown while the brain works, not before it starts: the provider's
             # round trip stays off the 2 s path (awaited before the reply, which follows it).
             typing = asyncio.create_task(self._typing(message))
-            decision = await self._decide(message, conversation, history, retrieval)
+            # First response now, complete answer next: the reply reaches the customer while
+            # it is written (where the channel streams), or a holding line does at the
+            # first-response deadline (gateway/streaming.py).
+            live = self._live_reply(message, wait=not held)
+            decision = await self._decide(message, conversation, history, retrieval, live)
             await typing
 
-        # 4. Send.
-        replies = () if already_answered else await self._send(message, decision)
+        # 4. Send what the customer has not seen yet of the reply.
+        replies = await live.finish(decision.reply, decision.sources) if live else ()
 
         # 5. Record the outcome, then mark the message done.
         conversation.failed_turns = conversation.failed_turns + 1 if decision.is_failed_turn else 0
@@ -153,7 +168,26 @@ class Pipeline:
             reason=decision.reason,
             confidence=round(decision.confidence, 3),
         )
-        return _result(message, decision, replies)
+        shown = live.first_response_ms if live else None
+        return _result(message, decision, replies, first_response_ms=shown)
+
+    def _live_reply(self, message: Inbound, *, wait: bool) -> LiveReply:
+        return LiveReply(
+            channel=self._channels.get(message.channel),
+            store=self._store,
+            policy=self._policy,
+            reply=Outbound(
+                channel=message.channel,
+                conversation=message.conversation,
+                text="",
+                in_reply_to=message.id,
+                thread=message.thread,
+                extras=message.extras,
+            ),
+            received_at=message.received_at,
+            first_response=self._first_response,
+            wait=self._texts.wait if wait else None,
+        )
 
     async def _retrieve(
         self, message: Inbound, transcript: asyncio.Task[list[TranscriptEntry]]
@@ -167,20 +201,26 @@ class Pipeline:
         conversation: Conversation,
         history: list[TranscriptEntry],
         retrieval: asyncio.Task[list[Passage] | None],
+        live: LiveReply,
     ) -> Decision:
+        decided: Decision | None
         try:
             passages = await retrieval
-            decision = await self._answerer.decide(message, conversation, history, passages)
+            # The holding line covers a slow answer; one that drafts a sentence breaking the
+            # policy is stopped there.
+            decided = await live.wait_for(
+                self._answerer.decide(message, conversation, history, passages, draft=live)
+            )
         except Exception:
             log.exception("pipeline.answerer_failed")
             metrics.ERRORS.labels("answer").inc()
-            decision = Decision(
+            decided = Decision(
                 action=Action.ESCALATE,
                 reason=Reason.PIPELINE_ERROR,
                 explanation="The answerer failed; see the logs.",
                 reply=self._texts.error,
             )
-        decision = self._within_policy(decision)
+        decision = self._within_policy(decided, live.violation)
         if decision.action is Action.ESCALATE:
             decision = await self._hand_off(conversation, decision)
         return decision
@@ -205,26 +245,14 @@ class Pipeline:
         explanation = f"{message.kind.value}: handled by the hand-off relay."
         return _result(message, Decision(action=Action.HUMAN, explanation=explanation), ())
 
-    async def _send(self, message: Inbound, decision: Decision) -> tuple[str, ...]:
-        if not decision.reply:
-            return ()
-        reply = Outbound(
-            channel=message.channel,
-            conversation=message.conversation,
-            text=decision.reply,
-            in_reply_to=message.id,
-            thread=message.thread,
-            sources=decision.sources,
-            extras=message.extras,
-        )
-        delivered = await deliver(self._channels.get(message.channel), self._store, reply)
-        return delivered.parts
-
-    def _within_policy(self, decision: Decision) -> Decision:
+    def _within_policy(self, decision: Decision | None, violation: Violation | None) -> Decision:
         """A reply that breaks the operator's policy is never sent: a holding reply and an
-        escalation (so a person takes over) replace it."""
-        violation = self._policy.check(decision.reply) if decision.reply else None
+        escalation (so a person takes over) replace it. `violation`: a sentence the answerer
+        drafted broke it already, and the answer was stopped (`decision` None)."""
+        if violation is None and decision is not None and decision.reply:
+            violation = self._policy.check(decision.reply)
         if violation is None:
+            assert decision is not None  # only a violation stops an answer
             return decision
         log.warning("pipeline.policy_blocked", rule=violation.rule, why=violation.why)
         metrics.ERRORS.labels("policy").inc()
@@ -233,7 +261,7 @@ class Pipeline:
             reason=Reason.POLICY_RESTRICTED,
             explanation=f"The reply broke the policy rule {violation.rule!r} "
             f"({violation.why}) and was not sent.",
-            confidence=decision.confidence,
+            confidence=decision.confidence if decision else 0.0,
             reply=self._texts.holding,
         )
 
@@ -248,7 +276,12 @@ class Pipeline:
 
 
 def _result(
-    message: Inbound, decision: Decision, replies: tuple[str, ...], *, duplicate: bool = False
+    message: Inbound,
+    decision: Decision,
+    replies: tuple[str, ...],
+    *,
+    duplicate: bool = False,
+    first_response_ms: float | None = None,
 ) -> TurnResult:
     elapsed = (datetime.now(UTC) - message.received_at).total_seconds() * 1000
     return TurnResult(
@@ -257,5 +290,6 @@ def _result(
         replies=replies,
         decision=decision,
         latency_ms=round(max(elapsed, 0.0), 2),
+        first_response_ms=first_response_ms,
         duplicate=duplicate,
     )

@@ -24,7 +24,9 @@ from gateway.store.memory import MemoryStore
 from tests.fakes.recording import RecordingChannel, RecordingConsole
 
 KEY = "rest:ann"
-TEXTS = ReplyTexts(error="Something broke.", holding="One moment.", no_agents="Email us.")
+TEXTS = ReplyTexts(
+    error="Something broke.", holding="Can't say.", no_agents="Email us.", wait="One moment."
+)
 
 
 @dataclass
@@ -64,6 +66,7 @@ async def parts(knowledge: KnowledgeBase) -> AsyncIterator[Parts]:
         channels=channels,
         results=TurnResults(bus),
         texts=TEXTS,
+        first_response=config.deadline - config.reserve,
         relay=relay,
     )
     yield Parts(pipeline, store, channel, console)

@@ -17,7 +17,13 @@ async def test_a_question_is_answered_from_the_knowledge_base_with_sources(
     gateway: Gateway,
 ) -> None:
     body = await gateway.ask("alice", PRICING)
-    assert set(body) == {"conversation_id", "replies", "decision", "latency_ms"}
+    assert set(body) == {
+        "conversation_id",
+        "replies",
+        "decision",
+        "first_response_ms",
+        "latency_ms",
+    }
     assert body["conversation_id"] == "alice"
     decision = body["decision"]
     assert decision["action"] == "answer" and decision["reason"] is None
@@ -27,6 +33,8 @@ async def test_a_question_is_answered_from_the_knowledge_base_with_sources(
     }
     assert "£27" in body["replies"][0]["text"]
     assert 0 < decision["confidence"] <= 1 and body["latency_ms"] > 0
+    # REST shows nothing before its response: the first text seen is the whole reply.
+    assert 0 < body["first_response_ms"] <= body["latency_ms"]
 
 
 async def test_asking_for_a_person_escalates_with_a_reason(gateway: Gateway) -> None:

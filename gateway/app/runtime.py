@@ -81,8 +81,13 @@ class Runtime:
             channels=self.channels,
             results=self.results,
             texts=ReplyTexts(
-                error=messages.error, holding=messages.holding, no_agents=messages.no_agents
+                error=messages.error,
+                holding=messages.holding,
+                no_agents=messages.no_agents,
+                wait=messages.wait,
             ),
+            # The holding line goes out with the reserve kept to send it before the deadline.
+            first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
         )
 

@@ -14,7 +14,9 @@ Each request takes the next scripted response, or the default one when none is q
 
 `simulated()` is a stand-in for the real model's pace, for benchmarks: the first token after
 0.6 s, then 60 tokens per second, counting a token as 4 characters of output (Anthropic's
-rule of thumb for English). Run it alone with `python -m tests.fakes.anthropic_api --port N`.
+rule of thumb for English); any `ToolCall` takes its own `first_token` and
+`tokens_per_second`. Run it alone with `python -m tests.fakes.anthropic_api --port N`
+(`--words 45 --tokens-per-second 120 --first-token 0.6` for another answer and pace).
 """
 
 from __future__ import annotations
@@ -121,16 +123,17 @@ def decision(
     sources: list[int] | None = None,
     **pace: Any,
 ) -> ToolCall:
-    """The decision tool call the Claude answerer asks for (reason and explanation are only
-    sent when given, as the model sends them only when it escalates)."""
+    """The decision tool call the Claude answerer asks for, its fields in the schema's order
+    (reason and explanation are only sent when given, as the model sends them only when it
+    escalates)."""
     extra = {"reason": reason, "explanation": explanation}
     return ToolCall(
         input={
             "action": action,
-            **{key: value for key, value in extra.items() if value is not None},
             "confidence": confidence,
-            "sources": sources if sources is not None else [1],
             "reply": reply,
+            "sources": sources if sources is not None else [1],
+            **{key: value for key, value in extra.items() if value is not None},
         },
         **pace,
     )
@@ -325,11 +328,26 @@ SIMULATED_REPLY = (
     "You can pause your subscription for up to three months under Account > Subscriptions; "
     "skipped deliveries are not charged."
 )
+_SENTENCES = (
+    "You can pause your subscription for up to three months at a time.",
+    "Open Account, then Subscriptions, and choose Pause before your next delivery date.",
+    "Deliveries you skip while it is paused are never charged, and you can resume any time.",
+    "If you only want to miss one parcel, skipping a single delivery is quicker.",
+)
 
 
-async def _serve(port: int, stall: float | None) -> None:
-    default = Stall(stall) if stall else simulated(SIMULATED_REPLY, sources=[1])
-    async with FakeAnthropic(default=default, port=port) as fake:
+def simulated_reply(words: int) -> str:
+    """A help-centre answer of about `words` words, in whole sentences (the last one cut)."""
+    pool = " ".join(_SENTENCES * (words // 40 + 1)).split()
+    return " ".join(pool[:words]).rstrip(".,;") + "."
+
+
+async def _serve(
+    port: int, stall: float | None, words: int | None, first_token: float, pace: float
+) -> None:
+    reply = simulated_reply(words) if words else SIMULATED_REPLY
+    answer = decision(reply=reply, sources=[1], first_token=first_token, tokens_per_second=pace)
+    async with FakeAnthropic(default=Stall(stall) if stall else answer, port=port) as fake:
         print(f"fake Anthropic API on {fake.url}", flush=True)
         await asyncio.Event().wait()
 
@@ -338,5 +356,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="The fake Messages API at a simulated pace.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stall", type=float, help="stall every request this many seconds")
+    parser.add_argument("--words", type=int, help="the reply's length (default: 17 words)")
+    parser.add_argument("--first-token", type=float, default=0.6, help="seconds")
+    parser.add_argument("--tokens-per-second", type=float, default=60.0)
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.stall))
+    asyncio.run(_serve(args.port, args.stall, args.words, args.first_token, args.tokens_per_second))

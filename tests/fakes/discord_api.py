@@ -58,6 +58,7 @@ class FakeDiscord(FakeServer):
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
+        self.created: dict[str, dict[str, Any]] = {}  # message id -> the message, as edited
         self.identifies: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []
         self.refuse_intents = False
@@ -87,6 +88,15 @@ class FakeDiscord(FakeServer):
         path = f"/channels/{channel_id}/messages"
         return [call.body for call in self.calls if call.method == "POST" and call.path == path]
 
+    def edits(self, channel_id: str, message_id: str) -> list[str]:
+        """The contents `message_id` was edited to, in order."""
+        path = f"/channels/{channel_id}/messages/{message_id}"
+        return [
+            call.body["content"]
+            for call in self.calls
+            if (call.method, call.path) == ("PATCH", path)
+        ]
+
     def typed(self, channel_id: str) -> int:
         path = f"/channels/{channel_id}/typing"
         return sum(1 for call in self.calls if call.method == "POST" and call.path == path)
@@ -114,7 +124,17 @@ class FakeDiscord(FakeServer):
                 limits = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
                 return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limits})
             case "POST", ["channels", channel_id, "messages"]:
-                return _json(_created_message(channel_id, body))
+                created = _created_message(channel_id, body)
+                self.created[created["id"]] = created
+                return _json(created)
+            case "PATCH", ["channels", channel_id, "messages", message_id]:
+                # https://discord.com/developers/docs/resources/message#edit-message
+                edited = self.created.get(message_id)
+                if edited is None or edited["channel_id"] != channel_id:
+                    return _json({"message": "Unknown Message", "code": 10008}, status=404)
+                edited.update(content=body.get("content", edited["content"]))
+                edited["edited_timestamp"] = "2026-11-23T12:00:01.000000+00:00"
+                return _json(edited)
             case "POST", ["channels", _, "typing"]:
                 return web.Response(status=204)
         return _json({"message": "404: Not Found", "code": 0}, status=404)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from gateway.app.scenarios import recording
-from gateway.channel import Capabilities
+from gateway.channel import Capabilities, ReplyStream
 from gateway.console import AgentThread, EscalationCard
 from gateway.message import Outbound, TranscriptEntry
 
@@ -30,6 +30,38 @@ class RecordingChannel(recording.RecordingChannel):
         if self.failing is not None:
             raise self.failing
         await super().send(outbound)
+
+
+class RecordingStreamingChannel(RecordingChannel):
+    """A `RecordingChannel` that shows growing messages: each stream's steps, in order, as
+    `("open" | "append" | "finish" | "replace", text)`."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(text_limit=200, streaming=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: list[list[tuple[str, str]]] = []
+
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        if self.failing is not None:
+            raise self.failing
+        steps = [("open", outbound.text)]
+        self.streams.append(steps)
+        return _RecordedStream(steps)
+
+
+@dataclass
+class _RecordedStream:
+    steps: list[tuple[str, str]]
+
+    async def append(self, text: str) -> None:
+        self.steps.append(("append", text))
+
+    async def finish(self, reply: Outbound) -> None:
+        self.steps.append(("finish", reply.text))
+
+    async def replace(self, reply: Outbound) -> None:
+        self.steps.append(("replace", reply.text))
 
 
 @dataclass

@@ -20,6 +20,12 @@ are kept per channel with their thread, and any method can be scripted to answer
 Payload builders: `message_event` (a DM, or a channel/thread message), `mention` (an
 `app_mention`), `event_callback` (any event), `block_action` (a button press), `new_ts`.
 
+Streamed messages (https://docs.slack.dev/reference/methods/chat.startStream): `chat.startStream`
+posts a message in a thread (`thread_ts` required; outside a DM, `recipient_user_id` and
+`recipient_team_id` too), `chat.appendStream` grows it while it is streaming, `chat.stopStream`
+ends it (`"streaming"` turns false); each takes `markdown_text` or `chunks` of
+`{"type": "markdown_text", "text": ...}`, as slack_sdk's `AsyncChatStream` sends them.
+
 Socket Mode: `apps.connections.open` (with the app token) answers a websocket URL on the fake
 itself; `await slack.push_socket(envelope_payload)` sends an envelope to the connected client
 and returns the client's ack frame.
@@ -242,6 +248,37 @@ class FakeSlack:
         message["edited"] = {"user": self.bot_user_id, "ts": self._next_ts()}
         return {"channel": message["channel"], "ts": message["ts"], "text": message["text"]}
 
+    def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts = args.get("channel"), args.get("thread_ts")
+        if not channel:
+            raise _Failure("channel_not_found")
+        if not thread_ts:
+            raise _Failure("invalid_arguments")
+        direct = str(channel).startswith("D")
+        if not direct and not (args.get("recipient_user_id") and args.get("recipient_team_id")):
+            raise _Failure("invalid_arguments")  # required outside a DM
+        message = self._store(channel, thread_ts, text=_streamed(args), streaming=True)
+        return {"channel": channel, "ts": message["ts"]}
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        message["text"] += _streamed(args)
+        return {"channel": message["channel"], "ts": message["ts"]}
+
+    def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        message["text"] += _streamed(args)
+        message["streaming"] = False
+        return {"channel": message["channel"], "ts": message["ts"], "message": message}
+
+    def _streaming(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.message(args.get("channel", ""), str(args.get("ts", "")))
+        if message is None:
+            raise _Failure("message_not_found")
+        if not message.get("streaming"):
+            raise _Failure("message_not_in_streaming_state")
+        return message
+
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = args.get("user", "")
         if user not in self.users:
@@ -409,6 +446,13 @@ async def _arguments(request: web.Request) -> dict[str, Any]:
     else:
         args.update(parse_qsl(await request.text(), keep_blank_values=True))
     return args
+
+
+def _streamed(args: dict[str, Any]) -> str:
+    """The text a stream call adds: its `markdown_text`, then its markdown chunks."""
+    chunks = _decoded(args.get("chunks")) or []
+    texts = [chunk.get("text", "") for chunk in chunks if chunk.get("type") == "markdown_text"]
+    return str(args.get("markdown_text") or "") + "".join(texts)
 
 
 def _decoded(value: Any) -> Any:

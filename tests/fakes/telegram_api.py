@@ -62,6 +62,12 @@ class FakeTelegram(FakeServer):
             if call.method == method and "failed" not in call.params
         ]
 
+    def drafts(self, chat_id: int) -> list[dict[str, Any]]:
+        """The sendMessageDraft calls to a chat, in order (each with the draft's text so far)."""
+        return [
+            params for params in self.sent("sendMessageDraft") if int(params["chat_id"]) == chat_id
+        ]
+
     def flood(self, method: str, *, retry_after: int) -> None:
         """The next call of `method` answers 429 with `parameters.retry_after`."""
         description = f"Too Many Requests: retry after {retry_after}"
@@ -94,6 +100,10 @@ class FakeTelegram(FakeServer):
             status, body = self._failures[method].pop(0)
             self.calls.append(Call(method, {**params, "failed": status}, time.monotonic()))
             return web.json_response(body, status=status)
+        if method == "sendMessageDraft" and not _valid_draft(params):
+            self.calls.append(Call(method, {**params, "failed": 400}, time.monotonic()))
+            body = {"ok": False, "error_code": 400, "description": "Bad Request: invalid draft"}
+            return web.json_response(body, status=400)
         self.calls.append(Call(method, params, time.monotonic()))
         result = await self._result(method, params)
         return web.json_response({"ok": True, "result": result})
@@ -135,6 +145,12 @@ class FakeTelegram(FakeServer):
                 except TimeoutError:
                     return []
         return [update for update in self._updates if update["update_id"] >= offset]
+
+
+def _valid_draft(params: dict[str, Any]) -> bool:
+    """Drafts go to private chats (positive ids), under a non-zero `draft_id`:
+    https://core.telegram.org/bots/api#sendmessagedraft"""
+    return int(params["chat_id"]) > 0 and int(params.get("draft_id", 0)) != 0
 
 
 def _decode(value: str) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from gateway.channel import Capabilities
+from gateway.channel import Capabilities, ReplyStream
 from gateway.message import Outbound
 from gateway.split import split_text
 
@@ -56,3 +56,6 @@ class RecordingChannel:
 
     async def typing(self, conversation: str) -> None:
         self.typing_in.append(conversation)
+
+    async def stream(self, outbound: Outbound) -> ReplyStream | None:
+        return None  # no growing messages: `capabilities.streaming` is off
