@@ -32,7 +32,7 @@ from chromadb.config import Settings
 from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, load_embedder
 from gateway import metrics
 from gateway.answering import Passage
 
@@ -145,13 +145,17 @@ class KnowledgeBase:
         chroma_url: str | None = None,
         collection: str = "knowledge",
         embedder: Embedder | str = DEFAULT_EMBEDDER,
+        embedder_process: bool = False,
         crawl: CrawlConfig | None = None,
     ) -> None:
-        """``embedder``: a loaded embedder, or the name of one to load on first use."""
+        """``embedder``: a loaded embedder, or the name of one to load on first use (in a child
+        process with ``embedder_process``, stopped by ``close``)."""
         self._data_dir = Path(data_dir)
         self._chroma_url = chroma_url
         self._collection_name = collection
         self._embedder = None if isinstance(embedder, str) else embedder
+        self._embedder_process = embedder_process
+        self._child_embedder: ChildProcessEmbedder | None = None  # the one this loaded
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
         self._space = f"{self.embedder_name}/{VECTORS}"
         self._crawl = crawl or CrawlConfig()
@@ -293,12 +297,15 @@ class KnowledgeBase:
         await asyncio.to_thread(self._ping)
 
     def close(self) -> None:
-        """Release the Chroma client (its files, or its HTTP connections)."""
+        """Release the Chroma client (its files, or its HTTP connections) and stop the
+        embedder's child process, if this started one."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 _close_http_sessions(self._client)
             self._client = self._collection = None
+        if self._child_embedder is not None:
+            self._child_embedder.close()  # started again if this knowledge base is used again
 
     def _search(self, queries: list[str], k: int) -> list[list[Passage]]:
         collection = self._chroma()
@@ -355,7 +362,11 @@ class KnowledgeBase:
     def _embed(self, texts: list[str]) -> np.ndarray:
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = load_embedder(self.embedder_name)
+                self._embedder = load_embedder(
+                    self.embedder_name, child_process=self._embedder_process
+                )
+                if isinstance(self._embedder, ChildProcessEmbedder):
+                    self._child_embedder = self._embedder
         return self._embedder.embed(texts)
 
     def _chroma(self) -> Any:
