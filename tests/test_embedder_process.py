@@ -157,7 +157,8 @@ def test_a_worker_stopped_with_sigterm_leaves_no_embedder_behind(
         children = _children(worker.pid)
         assert len(children) == 1, log.read_text()
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0, log.read_text()
+        # Generous: on a loaded machine the interpreter's own teardown can take a while.
+        assert worker.wait(timeout=120) == 0, log.read_text()
     finally:
         if worker.poll() is None:
             worker.kill()
