@@ -18,14 +18,10 @@ from structlog.testing import capture_logs
 
 from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, load_embedder
 from brain.knowledge import KnowledgeBase
+from tests.test_embedder import USE_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = [
-    "How do I reset my password?",
-    "Wie setze ich mein Passwort zurück?",
-    "",
-    "The quick brown fox jumps over the lazy dog. " * 40,
-]
+TEXTS = [*USE_TEXTS, ""]  # four languages and lengths, and an empty text
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,7 @@ def test_the_child_gives_the_same_vectors_as_the_caller_s_process(
 ) -> None:
     vectors = child.embed(TEXTS)
     assert vectors.dtype == np.float32
-    assert vectors.shape == (len(TEXTS), in_process.dimensions) == (4, child.dimensions)
+    assert vectors.shape == (len(TEXTS), in_process.dimensions) == (5, child.dimensions)
     np.testing.assert_allclose(vectors, in_process.embed(TEXTS), atol=1e-6)
     assert child.embed([]).shape == (0, child.dimensions)
     assert child.name == in_process.name
