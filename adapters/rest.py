@@ -6,7 +6,9 @@ replies that come later (from an agent) can be read. Protected by `Authorization
 $GATEWAY_API_TOKEN` when that variable is set. An `Idempotency-Key` header makes a retried POST
 safe: the same key is processed once, and a retry gets the first attempt's response (status and
 body, with `Idempotent-Replayed: true`) for the dedupe TTL, waiting for it while the first is
-still being processed; a web process that died mid-request does not change that.
+still being processed; a web process that died mid-request does not change that. A message the
+bus lost before any worker took it (Redis restarted without persistence) is answered 503 with
+Retry-After within seconds: it was never processed, so sending it again is safe.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities
 from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
+from gateway.results import MessageLost
 
 CHANNEL = "rest"
 
@@ -86,6 +89,12 @@ class RestChannel(BaseChannel[ChannelToggle]):
                 return web.json_response(
                     {"conversation_id": payload.conversation_id, "status": "processing"},
                     status=202,
+                )
+            except MessageLost:  # never processed: sending it again is safe
+                return web.json_response(
+                    {"error": "the message was lost before it was processed; send it again"},
+                    status=503,
+                    headers={"Retry-After": str(context.limits.retry_after)},
                 )
         if turn.duplicate:  # processed, but its response is no longer known
             return web.json_response(

@@ -12,12 +12,20 @@ throughput, the share of 429/503 (admission control), of 202 (still processing a
 the holding reply). Then, once the load's responses are in, one message on an idle server: its
 latency and outcome say whether work was left behind (a backlog the gateway is still embedding).
 The capacity is the highest rate with p95 <= 500 ms, no deadline escalation and no rejection,
-at which every lower rate tried was served too (rates are tried in the order given).
+at which every lower rate tried was served too (rates are tried in the order given). The CPU
+the gateway's processes (and their children: Redis, the embedder's process) spent per answered
+message says what the load cost, even when the neighbours' load moves the latencies.
+
+Several sides (a checkout, and config keys to set) run side by side: each side's gateway is
+started once, and at each rate the sides take turns (the order alternates from rate to rate),
+so a neighbour's load falls on both alike.
 
     python benchmarks/overload.py                              # gateway serve, 25..400 msg/s
     python benchmarks/overload.py --workers 2                  # gateway web + 2 workers, Redis
     python benchmarks/overload.py --rates 100,200 --seconds 20 --poisson
-    python benchmarks/overload.py --code /tmp/main-export      # another checkout's code
+    python benchmarks/overload.py --side before=/tmp/main-export --side after=.
+    python benchmarks/overload.py --side thread=. \
+        --side "child=.;{knowledge: {embedder_process: true}}"  # the same code, two configs
 
 The load client shares the machine's cores with the gateway.
 """
@@ -43,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 KB = Path("/work/shared/corpora/plausible-docs")
@@ -77,6 +86,15 @@ class Level:
     after_ms: float = 0.0
     after_kind: str = ""
     load: float = 0.0  # the machine's 1-minute load average when the level ended
+    cpu: float = 0.0  # CPU seconds the gateway's processes spent on the level
+
+    @property
+    def answered(self) -> int:
+        return sum(o.kind in ("answered", "escalated") for o in self.outcomes)
+
+    @property
+    def cpu_ms_per_answer(self) -> float:
+        return 1000 * self.cpu / max(self.answered, 1)
 
     def share(self, *kinds: str) -> float:
         return sum(o.kind in kinds for o in self.outcomes) / max(len(self.outcomes), 1)
@@ -95,6 +113,63 @@ class Level:
             and self.share("deadline", "timeout", "processing", "error") == 0
             and self.share("rejected") == 0
         )
+
+
+@dataclass
+class Side:
+    """One gateway under test: a checkout's code and the config keys set for it."""
+
+    label: str
+    code: Path
+    overrides: dict[str, object]
+    port: int = 0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    idle: list[Outcome] = field(default_factory=list)
+    levels: list[Level] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/messages"
+
+
+def parse_side(text: str) -> Side:
+    """LABEL=PATH, or LABEL=PATH;YAML (a mapping of config keys, e.g. `{knowledge: {...}}`)."""
+    label, _, rest = text.partition("=")
+    path, _, overrides = rest.partition(";")
+    if not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=PATH or LABEL=PATH;YAML")
+    mapping = yaml.safe_load(overrides) if overrides else {}
+    if not isinstance(mapping, dict):
+        raise argparse.ArgumentTypeError(f"{overrides!r}: not a YAML mapping")
+    return Side(label, Path(path).resolve(), mapping)
+
+
+def merged(base: dict[str, object], extra: dict[str, object]) -> dict[str, object]:
+    out = dict(base)
+    for key, value in extra.items():
+        below = out.get(key)
+        if isinstance(below, dict) and isinstance(value, dict):
+            out[key] = merged(below, value)
+        else:
+            out[key] = value
+    return out
+
+
+def cpu_seconds(processes: list[subprocess.Popen[bytes]]) -> float:
+    """User and system CPU of the processes and their live descendants (Linux /proc)."""
+    total, seen, todo = 0.0, set(), [process.pid for process in processes]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return total
 
 
 def free_port() -> int:
@@ -137,8 +212,10 @@ async def post(session: aiohttp.ClientSession, url: str, n: int, limit: float) -
 
 
 async def run_level(
-    session: aiohttp.ClientSession, url: str, level: Level, args: argparse.Namespace, base: int
+    session: aiohttp.ClientSession, side: Side, level: Level, args: argparse.Namespace, base: int
 ) -> None:
+    url = side.url
+    cpu_before = cpu_seconds(side.processes)
     started = time.perf_counter()
     tasks = []
     for n, at in enumerate(schedule(level.rate, level.seconds, args.poisson, base)):
@@ -151,6 +228,7 @@ async def run_level(
     level.outcomes = list(await asyncio.gather(*tasks))
     level.wall = time.perf_counter() - started
     level.load = os.getloadavg()[0]
+    level.cpu = cpu_seconds(side.processes) - cpu_before
     # The load has stopped and every response is in (or timed out): is the server idle now?
     probe = await post(session, url, base + len(tasks), args.timeout)
     level.after_ms, level.after_kind = probe.latency_ms, probe.kind
@@ -181,22 +259,27 @@ async def wait_healthy(port: int, processes: list[subprocess.Popen[bytes]]) -> N
     raise SystemExit("the gateway did not become ready")
 
 
-def start(args: argparse.Namespace, workdir: Path, port: int) -> list[subprocess.Popen[bytes]]:
-    """The gateway's processes (a redis-server first with --workers), knowledge base ingested."""
+def start(args: argparse.Namespace, side: Side, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    """The side's processes (a redis-server first with --workers), knowledge base ingested."""
     config = workdir / "gateway.yaml"
-    pipeline = f"pipeline: {{{args.pipeline}}}\n" if args.pipeline else ""
-    config.write_text(
-        f"data_dir: {args.data_dir or workdir / 'data'}\nknowledge: {{sources: [{args.kb}]}}\n"
-        f"server: {{host: 127.0.0.1}}\nlogging: {{level: error}}\n{pipeline}"
-    )
-    env = {**os.environ, "PORT": str(port), "GATEWAY_CONFIG": str(config)}
-    env["PYTHONPATH"] = str(args.code)
+    if args.data_dir:  # a copy each: two embedded Chromas must not share their files
+        shutil.copytree(args.data_dir, workdir / "data")
+    settings: dict[str, object] = {
+        "data_dir": str(workdir / "data"),
+        "knowledge": {"sources": [str(args.kb)]},
+        "server": {"host": "127.0.0.1"},
+        "logging": {"level": "error"},
+    }
+    settings = merged(merged(settings, args.config), side.overrides)
+    config.write_text(yaml.safe_dump(settings))
+    env = {**os.environ, "PORT": str(side.port), "GATEWAY_CONFIG": str(config)}
+    env["PYTHONPATH"] = str(side.code)
     for name in ("GATEWAY_API_TOKEN", "REDIS_URL", "ANTHROPIC_API_KEY", "CHROMA_URL"):
         env.pop(name, None)
-    # The CLI moved into gateway/app/; an older checkout (--code) has it at gateway/.
-    entry = "gateway.app" if (args.code / "gateway" / "app" / "__main__.py").exists() else "gateway"
+    # The CLI moved into gateway/app/; an older checkout has it at gateway/.
+    entry = "gateway.app" if (side.code / "gateway" / "app" / "__main__.py").exists() else "gateway"
     gateway = [sys.executable, "-m", entry]
-    quiet = {"cwd": args.code, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    quiet = {"cwd": side.code, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     if not args.workers:
         return [subprocess.Popen([*gateway, "serve"], env=env, **quiet)]
     redis_port = free_port()
@@ -232,67 +315,96 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def report(args: argparse.Namespace, idle: list[Outcome], levels: list[Level]) -> None:
+def report(args: argparse.Namespace, side: Side) -> str:
+    """Print the side's table; return its capacity line."""
     where = f"gateway web + {args.workers} worker(s), Redis" if args.workers else "gateway serve"
     print(
-        f"\n{where}, code {args.code}, {os.cpu_count()} cores, "
-        f"{'Poisson' if args.poisson else 'fixed-interval'} arrivals, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"\n{side.label}: {where}, code {side.code}"
+        + (f", config {side.overrides}" if side.overrides else "")
+        + f", {os.cpu_count()} cores, {'Poisson' if args.poisson else 'fixed-interval'} arrivals"
     )
-    print("idle: " + ", ".join(f"{o.latency_ms:.0f} ms ({o.kind})" for o in idle))
+    print("idle: " + ", ".join(f"{o.latency_ms:.0f} ms ({o.kind})" for o in side.idle))
     header = (
         f"{'rate/s':>7} {'sent':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'answered/s':>10} "
-        f"{'429/503':>8} {'deadline':>8} {'202':>6} {'timeout':>7} {'after ms':>9} {'after':>10}"
+        f"{'429/503':>8} {'deadline':>8} {'202':>6} {'timeout':>7} {'after ms':>9} {'after':>10} "
+        f"{'cpu ms/msg':>10} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
-    for level in levels:
-        answered = sum(o.kind in ("answered", "escalated") for o in level.outcomes) / level.wall
+    for level in side.levels:
         print(
             f"{level.rate:>7g} {len(level.outcomes):>6} {level.cut(50):>8.0f} "
-            f"{level.cut(95):>8.0f} {level.cut(99):>8.0f} {answered:>10.1f} "
+            f"{level.cut(95):>8.0f} {level.cut(99):>8.0f} {level.answered / level.wall:>10.1f} "
             f"{level.share('rejected'):>8.1%} {level.share('deadline'):>8.1%} "
             f"{level.share('processing'):>6.1%} {level.share('timeout'):>7.1%} "
-            f"{level.after_ms:>9.0f} {level.after_kind:>10} {level.load:>5.1f}"
+            f"{level.after_ms:>9.0f} {level.after_kind:>10} {level.cpu_ms_per_answer:>10.1f} "
+            f"{level.load:>5.1f}"
         )
-    kinds = Counter(o.kind for level in levels for o in level.outcomes)
+    kinds = Counter(o.kind for level in side.levels for o in level.outcomes)
     print("outcomes: " + ", ".join(f"{kind} {count}" for kind, count in kinds.most_common()))
     # A rate counts only when every lower rate tried was served too: on a shared machine a lucky
     # level above a failed one says more about the neighbours' load than about the gateway.
-    served = list(itertools.takewhile(lambda level: level.served, levels))
+    served = list(itertools.takewhile(lambda level: level.served, side.levels))
     capacity = f"{served[-1].rate:g} msg/s" if served else "below the lowest rate tried"
-    also = [f"{level.rate:g}" for level in levels[len(served) :] if level.served]
-    print(
-        f"capacity (highest rate with p95 <= {P95_TARGET_MS:.0f} ms, no deadline escalation, "
-        f"no rejection, and so every lower rate): {capacity}"
-        + (f"; served again at {', '.join(also)} msg/s" if also else "")
+    also = [f"{level.rate:g}" for level in side.levels[len(served) :] if level.served]
+    return f"{side.label}: {capacity}" + (
+        f" (served again at {', '.join(also)} msg/s)" if also else ""
     )
 
 
+def compare(sides: list[Side]) -> None:
+    """p95, the first message after the load, and CPU per message, the sides side by side."""
+    print("\np95 ms / first message after the load, ms / CPU ms per answered message")
+    header = f"{'rate/s':>7}" + "".join(f" | {side.label[:24]:>24}" for side in sides)
+    print(header)
+    print("-" * len(header))
+    for number, level in enumerate(sides[0].levels):
+        cells = (
+            f"{other.cut(95):.0f} / {other.after_ms:.0f} / {other.cpu_ms_per_answer:.1f}"
+            for other in (side.levels[number] for side in sides)
+        )
+        print(f"{level.rate:>7g}" + "".join(f" | {cell:>24}" for cell in cells))
+
+
 async def main(args: argparse.Namespace) -> None:
-    port = free_port()
+    sides: list[Side] = args.side or [Side("this checkout", ROOT, {})]
     with tempfile.TemporaryDirectory() as temporary:
-        processes = start(args, Path(temporary), port)
         try:
-            await wait_healthy(port, processes)
-            url = f"http://127.0.0.1:{port}/api/messages"
+            for number, side in enumerate(sides):
+                side.port = free_port()
+                workdir = Path(temporary) / str(number)
+                workdir.mkdir()
+                side.processes = start(args, side, workdir)
+                await wait_healthy(side.port, side.processes)
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as session:
-                idle = await idle_latency(session, url)
-                levels = []
+                for side in sides:
+                    side.idle = await idle_latency(session, side.url)
                 for number, rate in enumerate(args.rates):
-                    level = Level(rate, args.seconds)
-                    await run_level(session, url, level, args, number * 1_000_000)
-                    levels.append(level)
-                    print(
-                        f"{rate:g}/s: p95 {level.cut(95):.0f} ms, "
-                        f"after {level.after_ms:.0f} ms ({level.after_kind})",
-                        flush=True,
-                    )
-                    await asyncio.sleep(args.pause)
+                    # Alternate who goes first, so neither side always follows the other's load.
+                    for side in sides if number % 2 == 0 else sides[::-1]:
+                        level = Level(rate, args.seconds)
+                        await run_level(session, side, level, args, number * 1_000_000)
+                        side.levels.append(level)
+                        print(
+                            f"{side.label} {rate:g}/s: p95 {level.cut(95):.0f} ms, "
+                            f"after {level.after_ms:.0f} ms ({level.after_kind}), "
+                            f"{level.cpu_ms_per_answer:.1f} ms CPU per answer",
+                            flush=True,
+                        )
+                        await asyncio.sleep(args.pause)
         finally:
-            stop(processes)
-    report(args, idle, levels)
+            for side in sides:
+                stop(side.processes)
+    capacities = [report(args, side) for side in sides]
+    if len(sides) > 1:
+        compare(sides)
+    print(
+        f"\ncapacity (highest rate with p95 <= {P95_TARGET_MS:.0f} ms, no deadline escalation, "
+        f"no rejection, and so every lower rate), load average now {os.getloadavg()[0]:.1f}:"
+    )
+    for line in capacities:
+        print(f"  {line}")
 
 
 def parse() -> argparse.Namespace:
@@ -312,9 +424,24 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between rates")
     parser.add_argument("--workers", type=int, default=0, help="with Redis; 0: gateway serve")
     parser.add_argument("--kb", type=Path, default=KB, help="the help centre to ingest")
-    parser.add_argument("--data-dir", type=Path, help="a data dir to reuse (default: temp)")
-    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to run")
-    parser.add_argument("--pipeline", default="", help="extra pipeline keys, YAML flow style")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a data dir with the KB ingested, copied for each side (default: ingest)",
+    )
+    parser.add_argument(
+        "--side",
+        type=parse_side,
+        action="append",
+        help="LABEL=PATH[;YAML]: a checkout to run, with config keys to set (repeat to compare; "
+        "default: this checkout)",
+    )
+    parser.add_argument(
+        "--config",
+        type=yaml.safe_load,
+        default={},
+        help="config keys set on every side, a YAML mapping, e.g. '{pipeline: {max_in_flight: 9}}'",
+    )
     return parser.parse_args()
 
 

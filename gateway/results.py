@@ -8,6 +8,11 @@ result when the bus resyncs and every `RECHECK_SECONDS` while it waits.
 A duplicate (a retried provider message id, e.g. a REST `Idempotency-Key`) whose message id is
 the original's resolves with the original's kept result, so a retry is answered like the first
 attempt, and the bot still answers only once.
+
+A message can also be lost before any worker took it (a Redis restarted without persistence):
+the rechecks ask the bus, and a message it still reports lost `LOST_CONFIRM_SECONDS` later (by
+then a worker that held it has said so) fails its waiters with `MessageLost`, at once rather
+than at their time-out, so that the sender can send it again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ log = structlog.get_logger(__name__)
 
 KEEP_SECONDS = 300.0  # how long a result can be read back by a waiter that missed it
 RECHECK_SECONDS = 2.0
+LOST_CONFIRM_SECONDS = 3.0
+
+
+class MessageLost(Exception):
+    """The bus lost the message before any worker took it: nobody will answer it."""
 
 
 def _kept_key(message_id: str) -> str:
@@ -39,6 +49,7 @@ class _Waiting:
     future: asyncio.Future[TurnResult]
     waiters: int = 0
     since: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    lost_since: float | None = None  # when the bus first reported it lost
 
 
 class TurnResults:
@@ -117,6 +128,30 @@ class TurnResults:
             if not waiting.future.done() and now - waiting.since >= older_than
         ]
         await asyncio.gather(*(self._recheck(message_id) for message_id in pending))
+        unanswered = [
+            m for m in pending if m in self._waiting and not self._waiting[m].future.done()
+        ]
+        if unanswered:
+            await self._check_lost(unanswered)
+
+    async def _check_lost(self, message_ids: list[str]) -> None:
+        try:
+            lost = await self._bus.lost(message_ids)
+        except Exception as exc:  # the bus is down: the next recheck or resync tries again
+            log.warning("results.lost_check_failed", error=str(exc))
+            return
+        now = asyncio.get_running_loop().time()
+        for message_id in message_ids:
+            waiting = self._waiting.get(message_id)
+            if waiting is None or waiting.future.done():
+                continue
+            if message_id not in lost:
+                waiting.lost_since = None
+            elif waiting.lost_since is None:
+                waiting.lost_since = now
+            elif now - waiting.lost_since >= LOST_CONFIRM_SECONDS:
+                log.warning("results.message_lost", message=message_id)
+                waiting.future.set_exception(MessageLost(message_id))
 
     async def _recheck_while_waiting(self) -> None:
         """The safety net for a lost broadcast the bus could not notice; stopped when no one

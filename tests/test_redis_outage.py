@@ -31,6 +31,7 @@ from gateway.app.settings import GatewayConfig
 from gateway.bus.redis import GROUP, STREAM, RedisBus
 from gateway.message import Inbound, TranscriptEntry
 from gateway.redis_client import connect_redis
+from gateway.results import LOST_CONFIRM_SECONDS, RECHECK_SECONDS
 from tests.harness import working
 from tests.redis_process import RedisProcess
 from tests.test_bus_contract import consuming, message, wait_for
@@ -423,3 +424,81 @@ async def _retry_after_web_restart(
             again = await http.post("/api/messages", json=payload, headers=headers)
             await again.read()
         return retried, again, await worker.store.transcript("rest:restart")
+
+
+async def test_rest_callers_of_messages_redis_lost_unread_are_told_at_once(
+    redis_process: StartRedis, sample_data_dir: Path
+) -> None:
+    """Published, not yet read by any worker, then Redis restarts without its data: those
+    messages will never be answered, so their callers get 503 (send it again) within seconds,
+    not a 202 at the 30 s reply timeout; a worker started afterwards answers new messages."""
+    server = redis_process()  # no AOF: a SHUTDOWN and start comes back empty
+    config = GatewayConfig(data_dir=sample_data_dir, redis_url=server.url())
+    async with (
+        Runtime.open(config) as web,
+        TestClient(TestServer(build_app(web))) as http,
+        Runtime.open(config) as worker,
+    ):
+        requests = [
+            asyncio.create_task(
+                http.post("/api/messages", json={"conversation_id": f"lost-{n}", "text": PRICING})
+            )
+            for n in range(5)
+        ]
+        with server.client() as admin:
+            await until(lambda: admin.xlen(STREAM) == 5, 10)  # on the stream, nobody reads it
+        server.shutdown()
+        await asyncio.sleep(DOWNTIME)
+        server.start()
+        restarted = time.monotonic()
+        async with working(worker):
+            responses = await asyncio.wait_for(asyncio.gather(*requests), 20)
+            told = time.monotonic() - restarted
+            for response in responses:
+                assert response.status == 503, await response.text()
+                assert response.headers["Retry-After"] == "2"
+                assert "send it again" in (await response.json())["error"]
+            again = await http.post(
+                "/api/messages", json={"conversation_id": "lost-0", "text": PRICING}
+            )
+            assert again.status == 200, await again.text()
+    print(f"\n5 lost messages' callers told {told:.1f}s after Redis came back")
+    assert told < 10  # the reply timeout is 30 s
+
+
+async def test_a_message_a_worker_held_when_redis_lost_it_is_answered_not_reported_lost(
+    redis_process: StartRedis, sample_data_dir: Path
+) -> None:
+    """The worker that holds it finishes it, so its caller waits for the answer."""
+    server = redis_process()
+    config = GatewayConfig(data_dir=sample_data_dir, redis_url=server.url())
+    in_flight, release = asyncio.Event(), asyncio.Event()
+    async with (
+        Runtime.open(config) as web,
+        TestClient(TestServer(build_app(web))) as http,
+        Runtime.open(config) as worker,
+    ):
+
+        async def held_until_released(m: Inbound) -> None:
+            in_flight.set()
+            await release.wait()
+            await worker.pipeline.handle(m)
+
+        async with working(worker, consume=held_until_released):
+            request = asyncio.create_task(
+                http.post("/api/messages", json={"conversation_id": "held", "text": PRICING})
+            )
+            await asyncio.wait_for(in_flight.wait(), 10)
+            server.shutdown()
+            await asyncio.sleep(DOWNTIME)
+            server.start()
+            # Longer than web takes to report a lost message (resync, then a recheck
+            # LOST_CONFIRM_SECONDS later, then the next).
+            await asyncio.sleep(LOST_CONFIRM_SECONDS + 2 * RECHECK_SECONDS)
+            assert not request.done()
+            release.set()
+            response = await asyncio.wait_for(request, 20)
+            assert response.status == 200, await response.text()
+            # Held past the 2 s deadline, it gets the holding reply; what matters is that it
+            # is answered, to the caller that waited.
+            assert (await response.json())["replies"]

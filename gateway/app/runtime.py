@@ -194,5 +194,6 @@ def open_knowledge(config: GatewayConfig) -> KnowledgeBase:
         chroma_url=config.knowledge.chroma_url,
         collection=config.knowledge.collection,
         embedder=config.knowledge.embedder,
+        embedder_process=config.knowledge.embedder_process,
         crawl=config.knowledge.crawl,
     )

@@ -13,7 +13,7 @@ listeners to re-read what they wait for.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple, Protocol
 
 from gateway.message import Inbound
@@ -43,6 +43,11 @@ class Bus(Protocol):
 
     async def recall(self, key: str) -> dict[str, Any] | None:
         """The payload last broadcast with `keep=Keep(key, ...)`, while it is kept."""
+        ...
+
+    async def lost(self, message_ids: Collection[str]) -> set[str]:
+        """Those of `message_ids` (published by this process) that the bus lost before any
+        worker took them, so that nobody will ever handle them (a Redis restarted empty)."""
         ...
 
     def subscribe(self, topic: str, listener: Listener) -> None: ...

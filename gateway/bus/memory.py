@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import structlog
@@ -58,6 +59,10 @@ class MemoryBus:
         self._purge_kept()
         kept = self._kept.get(key)
         return kept[1] if kept is not None else None
+
+    async def lost(self, message_ids: Collection[str]) -> set[str]:
+        """The in-process queue loses nothing while its process lives."""
+        return set()
 
     def _purge_kept(self) -> None:
         now = time.monotonic()

@@ -16,6 +16,11 @@ processed, and its completion counts only if Redis still has the entry (so a los
 marks new messages as done). What Redis lost is lost; nothing wedges. Pub/sub drops what is
 published while a subscriber reconnects, so each (re-)subscription runs the `on_resync`
 callbacks, for listeners to re-read what they wait for (see `recall`).
+
+A message Redis lost before any worker read it can be told apart (see `lost`): its entry is no
+longer on the stream, its turn was never counted done, and no worker marked it held. A worker
+that finds its group gone marks the entries it still holds (it will finish them), so that a
+waiter is told "lost" only about messages that nobody will ever answer.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import contextlib
 import os
 import socket
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -44,6 +51,8 @@ GROUP = "workers"
 TURNS_CHANNEL = "gw:turns"
 TOPIC_PREFIX = "gw:topic:"
 KEPT_PREFIX = "gw:kept:"
+HELD_PREFIX = "gw:held:"  # an entry a worker held when Redis lost its group (see `lost`)
+PUBLISHED_KEPT = 10_000  # this process's latest messages whose entry `lost` can look up
 READ_BATCH = 64
 RETRY_SECONDS = 1.0
 HANDLER_RETRIES = 4  # after 1, 2, 4 and 8 s: a Redis restart or failover is ridden out
@@ -53,7 +62,7 @@ SUBSCRIBED_WAIT_SECONDS = 1.0  # how long a readiness ping waits for a subscript
 _PUBLISH = """
 local seq = redis.call('HINCRBY', KEYS[2], 'next', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return redis.call('XADD', KEYS[1], '*', 'seq', seq, 'conv', ARGV[2], 'data', ARGV[1])
+return {seq, redis.call('XADD', KEYS[1], '*', 'seq', seq, 'conv', ARGV[2], 'data', ARGV[1])}
 """
 
 # Acknowledge, delete and count the turn done, only if the entry is still pending in the group:
@@ -91,6 +100,15 @@ def _group_lost(error: RedisError) -> bool:
     """Redis no longer has the stream's consumer group: it restarted empty, failed over to a
     replica without it, or was flushed (UNBLOCKED: while a read was waiting on it)."""
     return isinstance(error, ResponseError) and str(error).startswith(("NOGROUP", "UNBLOCKED"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """Where a message this process published went: its stream entry and turn number."""
+
+    entry_id: bytes
+    conversation: str
+    seq: int
 
 
 class BusUnavailable(Exception):
@@ -137,14 +155,38 @@ class RedisBus:
         self._resyncs: list[Resync] = []
         self._resyncing: set[asyncio.Task[None]] = set()
         self._read_error: str | None = None  # why the last read of the stream failed, if it did
+        self._published: OrderedDict[str, _Published] = OrderedDict()  # by message id
 
     # --- publishing ---------------------------------------------------------------------
 
     async def publish(self, message: Inbound) -> None:
-        await self._publish(
+        seq, entry_id = await self._publish(
             keys=[STREAM, _sequence_key(message.conversation)],
             args=[message.model_dump_json(), message.conversation, self._ttl],
         )
+        self._published[message.id] = _Published(entry_id, message.conversation, int(seq))
+        self._published.move_to_end(message.id)
+        if len(self._published) > PUBLISHED_KEPT:
+            self._published.popitem(last=False)
+
+    async def lost(self, message_ids: Collection[str]) -> set[str]:
+        """Those of `message_ids` (published by this process) that Redis lost unread: not on
+        the stream, their turn not done, held by no worker. One round trip for them all."""
+        published = [(m, self._published[m]) for m in message_ids if m in self._published]
+        if not published:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, where in published:
+                pipe.xrange(STREAM, where.entry_id, where.entry_id, count=1)
+                pipe.hget(_sequence_key(where.conversation), "done")
+                pipe.exists(HELD_PREFIX + where.entry_id.decode())
+            replies = await pipe.execute()
+        lost = set()
+        for n, (message_id, where) in enumerate(published):
+            on_stream, done, held = replies[3 * n : 3 * n + 3]
+            if not on_stream and int(done or 0) < where.seq and not held:
+                lost.add(message_id)
+        return lost
 
     async def broadcast(
         self, topic: str, payload: dict[str, Any], *, keep: Keep | None = None
@@ -327,11 +369,22 @@ class RedisBus:
             log.warning("bus.group_lost", during=during)
             try:
                 await self._ensure_group()
+                await self._mark_held()
                 return True
             except RedisError as exc:
                 error = exc
         log.warning(f"bus.{during}_failed", error=str(error))
         return False
+
+    async def _mark_held(self) -> None:
+        """Tell waiters that the entries this worker holds are not lost: it finishes them,
+        though Redis no longer has them (see `lost`)."""
+        if not self._held:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id in self._held:
+                pipe.set(HELD_PREFIX + entry_id, self.consumer, px=self._claim_idle_ms * 2)
+            await pipe.execute()
 
     async def _ensure_group(self) -> None:
         """From the stream's first entry: what web published before the group existed (after

@@ -42,12 +42,14 @@ class RedisStore:
         return Conversation.model_validate_json(raw) if raw else None
 
     async def save(self, conversation: Conversation) -> None:
-        await self._redis.set(
-            f"{PREFIX}:conversation:{conversation.key}",
-            conversation.model_dump_json(),
-            ex=self._conversation_ttl,
-        )
-        await self._redis.expire(f"{PREFIX}:transcript:{conversation.key}", self._conversation_ttl)
+        async with self._redis.pipeline(transaction=True) as pipe:  # one round trip
+            pipe.set(
+                f"{PREFIX}:conversation:{conversation.key}",
+                conversation.model_dump_json(),
+                ex=self._conversation_ttl,
+            )
+            pipe.expire(f"{PREFIX}:transcript:{conversation.key}", self._conversation_ttl)
+            await pipe.execute()
 
     async def append(self, key: str, entry: TranscriptEntry) -> None:
         transcript_key = f"{PREFIX}:transcript:{key}"
