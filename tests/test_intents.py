@@ -431,13 +431,18 @@ async def test_with_claude_an_answer_stands_when_no_intent_fires(
 # Through the whole gateway: REST in, REST out, offline answerer.
 
 
-async def test_rest_escalates_an_unlisted_account_request_and_answers_its_twin(
+async def test_rest_escalates_an_unlisted_account_request_and_a_complaint_about_an_answer(
     sample_data_dir: Path,
 ) -> None:
     config = GatewayConfig(data_dir=sample_data_dir, brain=BrainConfig(anthropic_api_key=None))
     async with Gateway.open(config, embedded=True, warm=True) as gateway:
         asked = await gateway.ask("rita", "Please take my second address off the account.")
         how = await gateway.ask("sam", "How do I change my delivery address?")
+        first = await gateway.ask("uma", "Can I pause my subscription?")
+        again = await gateway.ask("uma", "Same canned answer again. Did you even read my message?")
+    assert first["decision"]["action"] == "answer", first["decision"]
+    assert again["decision"]["reason"] == "negative_sentiment", again["decision"]
+    assert again["replies"][0]["text"].startswith(config.brain.messages.apology)
     assert asked["decision"]["reason"] == "account_action", asked["decision"]
     assert "reads as account action" in asked["decision"]["explanation"]
     assert how["decision"]["action"] == "answer", how["decision"]
