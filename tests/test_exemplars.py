@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +8,12 @@ import pytest
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
 from brain.exemplars import ExemplarIndex
 from brain.knowledge import KnowledgeBase
+from tests.counting_embedder import CountingEmbedder
 
 EXEMPLARS = {
     "human": ["I want to talk to a person", "can a real human help me"],
     "refund": ["I want my money back", "please refund my last payment"],
 }
-
-
-class CountingEmbedder:
-    """The real model, counting the texts it embeds."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.name, self.dimensions, self._inner = inner.name, inner.dimensions, inner
-        self.embedded: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.embedded.extend(texts)
-        return self._inner.embed(texts)
 
 
 @pytest.fixture(scope="module")

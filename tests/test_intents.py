@@ -5,22 +5,22 @@ the operator's regexes; the offline answerer's judgment of scope; the combinatio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from brain.claude import ClaudeAnswerer
 from brain.config import BrainConfig, BrainMessages, EscalationConfig, IntentsConfig, TopicRule
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, load_embedder
 from brain.escalation import EscalationJudge
 from brain.intents import IntentReader, Reading
 from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from gateway.app.settings import GatewayConfig
 from gateway.message import Action, Conversation, Decision, Inbound, Reason, new_id
+from tests.counting_embedder import CountingEmbedder
 from tests.fakes.anthropic_api import API_KEY, FakeAnthropic, decision
 from tests.harness import Gateway
 
@@ -131,18 +131,6 @@ SELF_SERVE = [
     "Where do I download my invoices?",
     "How long does shipping take to Germany?",
 ]
-
-
-class CountingEmbedder:
-    """The real model, counting the texts it embeds."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.name, self.dimensions, self._inner = inner.name, inner.dimensions, inner
-        self.embedded: list[str] = []
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.embedded.extend(texts)
-        return self._inner.embed(texts)
 
 
 @pytest.fixture(scope="module")
@@ -431,13 +419,18 @@ async def test_with_claude_an_answer_stands_when_no_intent_fires(
 # Through the whole gateway: REST in, REST out, offline answerer.
 
 
-async def test_rest_escalates_an_unlisted_account_request_and_answers_its_twin(
+async def test_rest_escalates_an_unlisted_account_request_and_a_complaint_about_an_answer(
     sample_data_dir: Path,
 ) -> None:
     config = GatewayConfig(data_dir=sample_data_dir, brain=BrainConfig(anthropic_api_key=None))
     async with Gateway.open(config, embedded=True, warm=True) as gateway:
         asked = await gateway.ask("rita", "Please take my second address off the account.")
         how = await gateway.ask("sam", "How do I change my delivery address?")
+        first = await gateway.ask("uma", "Can I pause my subscription?")
+        again = await gateway.ask("uma", "Same canned answer again. Did you even read my message?")
+    assert first["decision"]["action"] == "answer", first["decision"]
+    assert again["decision"]["reason"] == "negative_sentiment", again["decision"]
+    assert again["replies"][0]["text"].startswith(config.brain.messages.apology)
     assert asked["decision"]["reason"] == "account_action", asked["decision"]
     assert "reads as account action" in asked["decision"]["explanation"]
     assert how["decision"]["action"] == "answer", how["decision"]

@@ -1,0 +1,21 @@
+"""The real embedder, counting what it embeds: to check which texts cost a forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from brain.embedder import Embedder
+
+
+class CountingEmbedder:
+    """The real model, counting the texts it embeds."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.name, self.dimensions, self._inner = inner.name, inner.dimensions, inner
+        self.embedded: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.embedded.extend(texts)
+        return self._inner.embed(texts)
