@@ -20,6 +20,15 @@ REJECTED = Counter(
     "Requests turned away by admission control (429 or 503, with Retry-After)",
     ["channel"],
 )
+TOOL_CALLS = Counter(
+    "gateway_tool_calls_total", "Calls to the business's API tools", ["tool", "outcome"]
+)
+TOOL_LATENCY = Histogram(
+    "gateway_tool_latency_seconds",
+    "From a tool call's start to its answer",
+    ["tool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
 LATENCY = Histogram(
     "gateway_turn_latency_seconds",
     "From receipt of a message to its reply being sent",
