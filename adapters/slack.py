@@ -53,6 +53,8 @@ from gateway.config import secret
 from gateway.message import (
     Attachment,
     ConversationKey,
+    Identity,
+    IdentityKind,
     Inbound,
     InboundKind,
     Outbound,
@@ -326,6 +328,7 @@ class SlackChannel(BaseChannel[SlackConfig]):
                 attachments=tuple(_attachment(file) for file in event.get("files", ())),
                 provider_message_id=f"slack:{channel}:{ts}",
                 thread=thread_ts or ts,  # replies go to the message's thread, or start one
+                identity=Identity(kind=IdentityKind.USER, value=f"slack:{workspace}:{user}"),
             )
         )
 
