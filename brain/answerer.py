@@ -17,6 +17,7 @@ import structlog
 from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
 from brain.knowledge import KnowledgeBase
+from brain.procedures import ProcedureEngine
 from gateway.answering import Passage
 from gateway.message import (
     Action,
@@ -48,6 +49,7 @@ class GroundedAnswerer(ABC):
         self._config = config
         self._judge = EscalationJudge(config.escalation, config.messages)
         self._warm = False
+        self.procedures: ProcedureEngine | None = None  # the runtime sets it when configured
 
     async def retrieve(self, message: Inbound) -> list[Passage] | None:
         """Cut at the deadline, except the first search: it loads the embedding model, which
@@ -92,6 +94,13 @@ class GroundedAnswerer(ABC):
             )
         earlier = [entry for entry in history if entry.message_id != message.id]
         ruled = self._judge.before_answer(message.content, earlier)
+        # A procedure does the account actions the rules would hand over; every other rule
+        # (a person asked for, upset, a reserved topic) ends a procedure under way and wins.
+        if self.procedures is not None and (ruled is None or ruled.reason is Reason.ACCOUNT_ACTION):
+            if (procedure := await self.procedures.handle(message, conversation)) is not None:
+                return procedure
+        elif self.procedures is not None:
+            self.procedures.abandon(conversation)
         if ruled is not None:
             return ruled
         if passages is None:

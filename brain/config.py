@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr
 
 from brain import rules
+from brain.procedure_config import ProceduresSettings
 from gateway.config import Seconds, Section, env, secret
 
 
@@ -127,3 +128,4 @@ class BrainConfig(Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     messages: BrainMessages = Field(default_factory=BrainMessages)
+    procedures: ProceduresSettings = Field(default_factory=ProceduresSettings)
