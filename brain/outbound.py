@@ -65,9 +65,11 @@ class GuardedResolver(AbstractResolver):
     """Resolves with the system resolver, then refuses the whole name if any address it
     answered is forbidden (a name with one private address is not half-allowed)."""
 
-    def __init__(self, allowed: Sequence[IPNetwork]) -> None:
+    def __init__(
+        self, allowed: Sequence[IPNetwork], resolver: AbstractResolver | None = None
+    ) -> None:
         self._allowed = tuple(allowed)
-        self._resolver = DefaultResolver()
+        self._resolver = resolver or DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -87,8 +89,14 @@ class GuardedClient:
     bodies up to `max_bytes`. Opened lazily, inside the running event loop."""
 
     def __init__(
-        self, *, hosts: Sequence[str], allowed: Sequence[IPNetwork], max_bytes: int
+        self,
+        *,
+        hosts: Sequence[str],
+        allowed: Sequence[IPNetwork],
+        max_bytes: int,
+        resolver: AbstractResolver | None = None,  # the name service; default: the system's
     ) -> None:
+        self._resolver = resolver
         self._hosts = frozenset(host.lower() for host in hosts)
         self._allowed = tuple(allowed)
         self._max_bytes = max_bytes
@@ -131,7 +139,8 @@ class GuardedClient:
 
     def _open(self) -> ClientSession:
         if self._session is None or self._session.closed:
-            connector = TCPConnector(resolver=GuardedResolver(self._allowed), limit=64)
+            resolver = GuardedResolver(self._allowed, self._resolver)
+            connector = TCPConnector(resolver=resolver, limit=64)
             # trust_env=False: an HTTP(S)_PROXY variable must not route around the guard.
             self._session = ClientSession(connector=connector, trust_env=False)
         return self._session

@@ -207,7 +207,8 @@ class _Tool:
 
 
 def model_schema(tool: ToolConfig) -> dict[str, Any]:
-    """The arguments a caller may set: the declared schema minus identity-filled parameters."""
+    """The arguments a caller may set: the declared schema minus identity-filled parameters,
+    and nothing else (so no caller can slip an identity parameter in as an extra)."""
     injected = set(tool.identity.values())
     schema = dict(tool.parameters)
     schema["properties"] = {
@@ -215,6 +216,7 @@ def model_schema(tool: ToolConfig) -> dict[str, Any]:
         for name, spec in tool.parameters.get("properties", {}).items()
         if name not in injected
     }
+    schema["additionalProperties"] = False
     schema["required"] = [
         name for name in tool.parameters.get("required", ()) if name not in injected
     ]

@@ -61,4 +61,3 @@ def shop_config(shop_url: str, data_dir: Path, *, redis_url: str | None = None) 
 def signed(value: str, secret: str = IDENTITY_SECRET) -> str:
     """What the operator's site computes: the hex HMAC-SHA256 of the email or user id."""
     return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
-
