@@ -282,7 +282,14 @@ class ToolBox:
             done = ToolResult(name, arguments, outcome, round(latency, 1), **details)
             metrics.TOOL_CALLS.labels(name, outcome.value).inc()
             metrics.TOOL_LATENCY.labels(name).observe(latency / 1000)
-            log.info("tool.called", tool=name, outcome=outcome.value, latency_ms=done.latency_ms)
+            log.info(
+                "tool.called",
+                tool=name,
+                outcome=outcome.value,
+                status=done.status,
+                latency_ms=done.latency_ms,
+                detail=done.detail or None,
+            )
             return done
 
         problem = next(iter(tool.validator.iter_errors(arguments)), None)

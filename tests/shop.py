@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from brain.tools import ConnectionConfig
-from gateway.app.demo_shop import Shop, seeded_shop
+from gateway.app.demo_shop import PREFIX, Shop, seeded_shop
 from gateway.app.settings import DemoConfig, GatewayConfig, load_config
 
 SAMPLE_CONFIG = Path(__file__).parent.parent / "config" / "gateway.yaml"
@@ -30,10 +31,12 @@ class RunningShop:
 @asynccontextmanager
 async def running_shop() -> AsyncIterator[RunningShop]:
     shop = seeded_shop()
-    server = TestServer(shop.app(), host="127.0.0.1")
+    app = web.Application()
+    app.add_subapp(PREFIX, shop.app())  # where `gateway serve` mounts it (demo.shop: true)
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield RunningShop(shop, str(server.make_url("")).rstrip("/"))
+        yield RunningShop(shop, str(server.make_url(PREFIX)))
     finally:
         await server.close()
 

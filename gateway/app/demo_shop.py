@@ -59,13 +59,15 @@ class Subscription:
 
 @dataclass
 class Shop:
-    """The shop's state; tests read `actions` (every change made) and set `outage`/`delay`."""
+    """The shop's state; tests read `actions` (every change made) and `requested` (every change
+    asked for), and set `outage` and `delay`."""
 
     customers: list[Customer]
     orders: dict[str, Order]
     subscriptions: dict[str, Subscription]
     returns: dict[str, dict[str, Any]] = field(default_factory=dict)
     actions: list[tuple[str, str]] = field(default_factory=list)  # (action, resource id)
+    requested: list[str | None] = field(default_factory=list)  # each change's Idempotency-Key
     outage: bool = False  # every call answers 503
     delay: float = 0.0  # seconds each change waits before it is made
     _replies: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
@@ -183,6 +185,7 @@ class Shop:
 
     async def _once(self, request: web.Request, change: Any) -> web.Response:
         key = request.headers.get("Idempotency-Key")
+        self.requested.append(key)
         if key is None or key not in self._replies:
             if self.delay:
                 await asyncio.sleep(self.delay)
