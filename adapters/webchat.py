@@ -37,6 +37,7 @@ from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import secret
 from gateway.message import (
+    TOOL_AUTHOR,
     Identity,
     IdentityKind,
     Inbound,
@@ -122,7 +123,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             {
                 "type": "hello",
                 "conversation_id": f"{conversation_id}.{self._signature(conversation_id)}",
-                "history": [_history_item(entry) for entry in history],
+                "history": _history(history),
             }
         )
         self._sockets[key].add(socket)
@@ -187,7 +188,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
                 await asyncio.sleep(RESYNC_SETTLE_SECONDS)
             for key, sockets in list(self._sockets.items()):
                 transcript = await self.context.transcript(key)
-                history = [_history_item(entry) for entry in transcript]
+                history = _history(transcript)
                 for socket in list(sockets):
                     if not socket.closed:
                         await _send_frame(socket, {"type": "history", "history": history})
@@ -242,6 +243,11 @@ def _parse_frame(frame: Any, max_chars: int) -> tuple[str, str]:
     if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID:
         raise ValueError("client_id must be a non-empty string of at most 100 characters")
     return text.strip(), client_id
+
+
+def _history(transcript: list[TranscriptEntry]) -> list[dict[str, Any]]:
+    """What the page redraws: the conversation, without the records of tool calls."""
+    return [_history_item(entry) for entry in transcript if entry.author != TOOL_AUTHOR]
 
 
 def _history_item(entry: TranscriptEntry) -> dict[str, Any]:
