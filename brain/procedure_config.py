@@ -57,7 +57,10 @@ class Branch(Section):
 
 
 class Step(Section):
-    """Exactly one of `ask`, `call`, `branch`, `reply`, `escalate`, with that kind's options."""
+    """Exactly one of `ask`, `call`, `branch`, `reply`, `escalate`, with that kind's options.
+
+    `prompt` is what the customer is told: an ask's question, or the words before a hand-off.
+    After a step comes the next one, or `goto`'s; past the last step the procedure ends."""
 
     id: str | None = None
     ask: str | None = Field(default=None, description="the slot this step fills")

@@ -249,7 +249,8 @@ class ProcedureEngine:
                     if value is None:  # the opening request may have said it ("skip ...")
                         value = _fill(step, state.opening, awaited=False)
                     if value is None:
-                        state.attempts += awaited
+                        if awaited:  # asked, and the answer did not fit
+                            state.attempts += 1
                         return self._ask(state, step, replies, context)
                     state.slots[step.ask] = value
                     state.attempts = 0
