@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse
 
+from adapters.slack_console import card_blocks
 from brain.procedures import abandons, confirms
 from gateway.config import HandoffConfig
+from gateway.console import EscalationCard
 from gateway.message import (
     TOOL_AUTHOR,
     Inbound,
@@ -359,3 +361,17 @@ def test_confirmations_and_abandons_are_read_strictly() -> None:
     )
     assert all(abandons(t) for t in ["never mind", "Stop!", "vergiss es", "forget it please"])
     assert not any(abandons(t) for t in ["KC-1001", "please don't stop", "SW1A 1AA"])
+
+
+def test_the_slack_card_lists_the_tool_calls() -> None:
+    card = EscalationCard(
+        conversation="rest:x",
+        customer="ann",
+        customer_channel="rest",
+        reason=Reason.TOOL_FAILED,
+        explanation="The shop failed.",
+        summary="Where is my order?",
+        tool_calls=('tool get_order {"order_id": "KC-1002"} -> failed 503 in 4 ms',),
+    )
+    texts = [block["text"]["text"] for block in card_blocks(card) if "text" in block]
+    assert any(t.startswith("*Tool calls*") and "get_order" in t and "503" in t for t in texts)
