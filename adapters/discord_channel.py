@@ -26,7 +26,15 @@ from pydantic import Field, SecretStr, model_validator
 from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import Seconds, secret
-from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
+from gateway.message import (
+    Attachment,
+    ConversationKey,
+    Identity,
+    IdentityKind,
+    Inbound,
+    Outbound,
+    conversation_key,
+)
 
 with warnings.catch_warnings():
     # discord.py's voice player imports the stdlib `audioop`, deprecated since Python 3.11
@@ -336,6 +344,7 @@ def _inbound(message: discord.Message, me: discord.ClientUser) -> Inbound | None
         provider_message_id=str(message.id),
         thread=channel_id if isinstance(message.channel, discord.Thread) else None,
         extras={} if direct else {"reply_to": str(message.id)},
+        identity=Identity(kind=IdentityKind.USER, value=f"discord:{message.author.id}"),
     )
 
 

@@ -62,6 +62,8 @@ from gateway.config import Seconds, Section, secret
 from gateway.message import (
     Attachment,
     ConversationKey,
+    Identity,
+    IdentityKind,
     Inbound,
     Outbound,
     Role,
@@ -511,6 +513,7 @@ def read_mail(
         attachments=_attachments(message),
         provider_message_id=provider_id,
         thread=root,
+        identity=Identity(kind=IdentityKind.EMAIL, value=sender),
         extras={
             "subject": subject,
             "message_id": message_id,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities
-from gateway.message import Inbound, Outbound, TurnResult, conversation_key, new_id
+from gateway.message import Identity, Inbound, Outbound, TurnResult, conversation_key, new_id
 from gateway.results import MessageLost
 
 CHANNEL = "rest"
@@ -36,6 +36,9 @@ class MessageRequest(BaseModel):
     conversation_id: str = Field(min_length=1, max_length=200, pattern=r"^[\w.:@+-]+$")
     text: str = Field(min_length=1)
     sender: str | None = Field(default=None, max_length=200)
+    # Who the operator's own system verified the customer to be; trusted only from a caller
+    # that proved itself with GATEWAY_API_TOKEN.
+    identity: Identity | None = None
 
 
 class RestChannel(BaseChannel[ChannelToggle]):
@@ -66,6 +69,11 @@ class RestChannel(BaseChannel[ChannelToggle]):
                 text=f'{{"error": "text is {len(payload.text)} characters; the limit is {limit}"}}',
                 content_type="application/json",
             )
+        if payload.identity is not None and self.context.limits.api_token is None:
+            raise web.HTTPUnprocessableEntity(
+                text='{"error": "identity: only accepted when GATEWAY_API_TOKEN is set"}',
+                content_type="application/json",
+            )
         idempotency_key = request.headers.get("Idempotency-Key")
         conversation = conversation_key(CHANNEL, payload.conversation_id)
         message = Inbound(
@@ -75,6 +83,7 @@ class RestChannel(BaseChannel[ChannelToggle]):
             sender=payload.sender or payload.conversation_id,
             text=payload.text,
             provider_message_id=idempotency_key or new_id(),
+            identity=payload.identity,
         )
         context = self.context
         if idempotency_key and (saved := await context.saved_response(message.dedupe_key)):

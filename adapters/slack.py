@@ -59,6 +59,8 @@ from gateway.config import secret
 from gateway.message import (
     Attachment,
     ConversationKey,
+    Identity,
+    IdentityKind,
     Inbound,
     InboundKind,
     Outbound,
@@ -350,6 +352,7 @@ class SlackChannel(BaseChannel[SlackConfig]):
                 thread=thread_ts or ts,  # replies go to the message's thread, or start one
                 # Who a streamed answer is for: https://docs.slack.dev/reference/methods/chat.startStream
                 extras={"recipient_user": user, "recipient_team": context.team_id or workspace},
+                identity=Identity(kind=IdentityKind.USER, value=f"slack:{workspace}:{user}"),
             )
         )
 

@@ -128,6 +128,9 @@ def card_blocks(card: EscalationCard) -> list[dict[str, Any]]:
             f"• {_source_link(source.title, source.source)}" for source in card.sources
         )
         blocks.append(_section(f"*Passages the bot used*\n{passages}"))
+    if card.tool_calls:
+        calls = "\n".join(f"• {call}" for call in card.tool_calls)
+        blocks.append(_section(f"*Tool calls*\n{_escaped(calls, SECTION_CHARS)}"))
     buttons = []
     if card.mode is Mode.WAITING:
         buttons.append(_button("Claim", "handoff_claim", card.conversation, style="primary"))

@@ -47,7 +47,15 @@ from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCh
 from adapters.markup import to_telegram_html
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
-from gateway.message import Attachment, ConversationKey, Inbound, Outbound, conversation_key
+from gateway.message import (
+    Attachment,
+    ConversationKey,
+    Identity,
+    IdentityKind,
+    Inbound,
+    Outbound,
+    conversation_key,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -282,6 +290,7 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
             provider_message_id=str(update.update_id),
             thread=str(message.message_thread_id) if message.is_topic_message else None,
             extras={} if private else {"reply_to": message.message_id},
+            identity=Identity(kind=IdentityKind.USER, value=f"telegram:{user.id}"),
         )
 
     async def _addressed_to_bot(self, message: Message) -> bool:

@@ -50,6 +50,8 @@ from gateway.config import Seconds, Section, env, secret
 from gateway.message import (
     Attachment,
     ConversationKey,
+    Identity,
+    IdentityKind,
     Inbound,
     Outbound,
     conversation_key,
@@ -220,6 +222,7 @@ class TwilioChannel(BaseChannel[TwilioConfigT], Generic[TwilioConfigT]):
                 attachments=_attachments(form),
                 provider_message_id=message_sid,
                 received_at=now,
+                identity=Identity(kind=IdentityKind.PHONE, value=customer),
                 extras={
                     "to": str(form.get("To", "")),  # our number: the reply goes out from it
                     "customer_at": now.isoformat(),  # opens WhatsApp's 24-hour window

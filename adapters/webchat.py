@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 from collections import defaultdict
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from adapters.base import BaseChannel, ChannelToggle, parse_json
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
+    TOOL_AUTHOR,
+    Identity,
+    IdentityKind,
     Inbound,
     Outbound,
     TranscriptEntry,
@@ -55,6 +59,7 @@ CHANNEL = "webchat"
 SECRET_FILE = "webchat-secret"  # in the data dir, when GATEWAY_WEBCHAT_SECRET is unset
 _CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CLIENT_ID = 100
+_IDENTITY_PARAMS = {"email": IdentityKind.EMAIL, "user_id": IdentityKind.USER}
 # A reply reaches the transcript just after its broadcast: the history is sent again this much
 # later too, in case the first resend read the transcript in between.
 RESYNC_SETTLE_SECONDS = 2.0
@@ -63,6 +68,10 @@ RESYNC_SETTLE_SECONDS = 2.0
 class WebchatConfig(ChannelToggle):
     title: str = "Support"
     secret: SecretStr | None = Field(default_factory=lambda: secret("GATEWAY_WEBCHAT_SECRET"))
+    identity_secret: SecretStr | None = Field(
+        default_factory=lambda: secret("GATEWAY_WEBCHAT_IDENTITY_SECRET"),
+        description="the key the operator's site signs visitors' email or user id with",
+    )
 
 
 class WebchatChannel(BaseChannel[WebchatConfig]):
@@ -106,6 +115,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         )
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        identity = self._verified_identity(request.query)
         socket = web.WebSocketResponse(heartbeat=30, max_msg_size=64 * 1024)
         await socket.prepare(request)
         conversation_id = self._issued(request.query.get("conversation", "")) or new_id()
@@ -115,14 +125,14 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             {
                 "type": "hello",
                 "conversation_id": f"{conversation_id}.{self._signature(conversation_id)}",
-                "history": [_history_item(entry) for entry in history],
+                "history": _history(history),
             }
         )
         self._sockets[key].add(socket)
         try:
             async for frame in socket:
                 if frame.type is WSMsgType.TEXT:
-                    await self._on_frame(socket, key, conversation_id, frame.data)
+                    await self._on_frame(socket, key, conversation_id, frame.data, identity)
         finally:
             self._sockets[key].discard(socket)
             if not self._sockets[key]:
@@ -135,6 +145,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         key: str,
         conversation_id: str,
         data: str,
+        identity: Identity | None,
     ) -> None:
         try:
             frame = parse_json(data)
@@ -156,6 +167,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             sender=f"webchat:{conversation_id}",
             text=text,
             provider_message_id=client_id,
+            identity=identity,
         )
         retry_after = self.context.limits.retry_after
         if not await self.context.admit(message):
@@ -178,10 +190,28 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
                 await asyncio.sleep(RESYNC_SETTLE_SECONDS)
             for key, sockets in list(self._sockets.items()):
                 transcript = await self.context.transcript(key)
-                history = [_history_item(entry) for entry in transcript]
+                history = _history(transcript)
                 for socket in list(sockets):
                     if not socket.closed:
                         await _send_frame(socket, {"type": "history", "history": history})
+
+    def _verified_identity(self, query: Mapping[str, str]) -> Identity | None:
+        """The visitor the operator's site signed: `email` or `user_id`, with `user_hash` the
+        hex HMAC-SHA256 of it under `identity_secret` (as Intercom's identity verification).
+        A claimed identity that is not signed right is refused (403), never used unsigned."""
+        claims = [(kind, query[name]) for name, kind in _IDENTITY_PARAMS.items() if query.get(name)]
+        if not claims and "user_hash" not in query:
+            return None
+        key = self.config.identity_secret
+        if key is None or len(claims) != 1:
+            log.info("webchat.identity_refused", why="not configured" if key is None else "shape")
+            raise web.HTTPForbidden(reason="identity verification failed")
+        kind, value = claims[0]
+        expected = hmac.new(key.get_secret_value().encode(), value.encode(), hashlib.sha256)
+        if not hmac.compare_digest(query.get("user_hash", "").lower(), expected.hexdigest()):
+            log.info("webchat.identity_refused", why="bad signature")
+            raise web.HTTPForbidden(reason="identity verification failed")
+        return Identity(kind=kind, value=value)
 
     def _signature(self, conversation_id: str) -> str:
         return hmac.new(self._key, conversation_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -249,6 +279,11 @@ def _parse_frame(frame: Any, max_chars: int) -> tuple[str, str]:
     if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID:
         raise ValueError("client_id must be a non-empty string of at most 100 characters")
     return text.strip(), client_id
+
+
+def _history(transcript: list[TranscriptEntry]) -> list[dict[str, Any]]:
+    """What the page redraws: the conversation, without the records of tool calls."""
+    return [_history_item(entry) for entry in transcript if entry.author != TOOL_AUTHOR]
 
 
 def _history_item(entry: TranscriptEntry) -> dict[str, Any]:

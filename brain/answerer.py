@@ -36,6 +36,7 @@ from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
 from brain.intents import IntentReader
 from brain.knowledge import KnowledgeBase
+from brain.procedures import ProcedureEngine
 from brain.query import search_text
 from gateway.answering import Draft, Passage
 from gateway.message import (
@@ -71,6 +72,7 @@ class GroundedAnswerer(ABC):
         self._judge = EscalationJudge(config.escalation, config.messages)
         self._intents = IntentReader(config.escalation.intents, knowledge)
         self._warm = False
+        self.procedures: ProcedureEngine | None = None  # the runtime sets it when configured
 
     async def warm_up(self) -> None:
         """Load the embedding model and embed the intents' exemplars before the first message."""
@@ -132,6 +134,13 @@ class GroundedAnswerer(ABC):
         # Read from the text retrieval searched, whose vector the search left behind.
         reading = await self._intents.read(search_text(message.content, earlier))
         ruled = self._judge.before_answer(message.content, earlier, reading)
+        # A procedure does the account actions the rules would hand over; every other rule
+        # (a person asked for, upset, a reserved topic) ends a procedure under way and wins.
+        if self.procedures is not None and (ruled is None or ruled.reason is Reason.ACCOUNT_ACTION):
+            if (procedure := await self.procedures.handle(message, conversation)) is not None:
+                return procedure
+        elif self.procedures is not None:
+            self.procedures.abandon(conversation)
         if ruled is not None:
             return ruled
         if passages is None:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from brain import rules
+from brain.procedure_config import ProceduresSettings
 from gateway.config import Seconds, Section, env, secret
 
 
@@ -220,3 +221,5 @@ class BrainConfig(Section):
         """Seconds from receipt to the complete answer: `answer_deadline`, or `deadline` where
         that is longer (a config that only lengthens `deadline` lengthens both)."""
         return max(self.answer_deadline, self.deadline)
+
+    procedures: ProceduresSettings = Field(default_factory=ProceduresSettings)

@@ -36,6 +36,7 @@ class EscalationCard(Model):
     summary: str
     last_answer: str = ""
     sources: tuple[Source, ...] = ()
+    tool_calls: tuple[str, ...] = ()  # the business-API calls of the conversation, one line each
     mode: Mode = Mode.WAITING
     agent: str | None = None  # display name of the agent who claimed it
 

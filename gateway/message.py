@@ -85,6 +85,22 @@ class InboundKind(StrEnum):
     DELIVERY = "delivery"  # a channel reported after the fact that a reply was not delivered
 
 
+class IdentityKind(StrEnum):
+    EMAIL = "email"  # the email channel's sender, or an address the web chat's site signed
+    PHONE = "phone"  # SMS / WhatsApp: the number Twilio delivered from (E.164)
+    USER = "user"  # a provider account (Slack, Telegram, Discord) or the site's signed user id
+
+
+class Identity(Model):
+    """Who the channel verified the sender to be: never what the message text claims.
+
+    Tools that act on the customer's account get this value injected by the gateway.
+    """
+
+    kind: IdentityKind
+    value: str = Field(min_length=1)
+
+
 class Inbound(Model):
     """A customer's message or an agent's event, normalized.
 
@@ -103,6 +119,7 @@ class Inbound(Model):
     received_at: datetime = Field(default_factory=utcnow)
     thread: str | None = None  # provider thread / reply-to context, when the channel has one
     extras: dict[str, Any] = Field(default_factory=dict)  # provider details, for its adapter only
+    identity: Identity | None = None  # what the channel verified; None: nothing was
 
     @property
     def dedupe_key(self) -> str:
@@ -137,6 +154,7 @@ class Reason(StrEnum):
     EMPTY_MESSAGE = "empty_message"
     HUMAN_ACTIVE = "human_active"
     PIPELINE_ERROR = "pipeline_error"
+    TOOL_FAILED = "tool_failed"  # a call to the business's API failed, timed out or was refused
 
 
 # Turns in which the bot failed the customer.
@@ -170,6 +188,10 @@ class Role(StrEnum):
     BOT = "bot"
     AGENT = "agent"
     SYSTEM = "system"
+
+
+# The author of the system entries that record a call to the business's API (brain/tools.py).
+TOOL_AUTHOR = "tool"
 
 
 class Outbound(Model):
@@ -236,6 +258,8 @@ class Conversation(BaseModel):
     next_timer: datetime | None = None  # when the relay is due next (store.schedule)
     reminders_sent: int = 0
     pinged: bool = False  # the escalation channel was pinged about this unclaimed wait
+    # The procedure under way (brain/procedures.py's state), so any worker resumes its step.
+    procedure: dict[str, Any] = Field(default_factory=dict)
 
 
 class TurnResult(Model):

@@ -21,6 +21,15 @@ REJECTED = Counter(
     ["channel"],
 )
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 10.0)
+TOOL_CALLS = Counter(
+    "gateway_tool_calls_total", "Calls to the business's API tools", ["tool", "outcome"]
+)
+TOOL_LATENCY = Histogram(
+    "gateway_tool_latency_seconds",
+    "From a tool call's start to its answer",
+    ["tool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
 LATENCY = Histogram(
     "gateway_turn_latency_seconds",
     "From receipt of a message to its complete reply being sent",

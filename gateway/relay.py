@@ -30,6 +30,7 @@ from gateway.console import AgentConsole, AgentThread, EscalationCard
 from gateway.delivery import deliver
 from gateway.handoff import Event, Rejected, State, transition
 from gateway.message import (
+    TOOL_AUTHOR,
     Conversation,
     Decision,
     Inbound,
@@ -96,6 +97,9 @@ class Relay:
             summary=summarize(history, decision.reason),
             last_answer=next((e.text for e in reversed(history) if e.role is Role.BOT), ""),
             sources=decision.sources,
+            tool_calls=tuple(
+                e.text for e in history if e.role is Role.SYSTEM and e.author == TOOL_AUTHOR
+            ),
         )
         try:
             thread = await self._console.open_thread(

@@ -18,12 +18,16 @@ import structlog
 
 from adapters import CHANNELS
 from adapters.slack_console import open_console
+from brain.answerer import GroundedAnswerer
 from brain.claude import ClaudeAnswerer
 from brain.knowledge import KnowledgeBase
 from brain.offline import OfflineAnswerer
 from brain.policy import PolicyGuard
+from brain.procedures import ProcedureEngine
+from brain.tools import ToolBox
 from gateway.admission import Admission
 from gateway.answering import Answerer
+from gateway.app.demo_shop import Shop, seeded_shop
 from gateway.app.settings import GatewayConfig
 from gateway.bus import Bus
 from gateway.bus.memory import MemoryBus
@@ -48,6 +52,8 @@ class Runtime:
     knowledge: KnowledgeBase
     results: TurnResults
     admission: Admission = field(init=False)
+    tools: ToolBox = field(init=False)
+    demo_shop: Shop | None = field(init=False)  # served by the web role when demo.shop is on
     channels: dict[str, Channel] = field(init=False)
     answerer: Answerer = field(init=False)
     relay: Relay | None = field(init=False)
@@ -71,7 +77,17 @@ class Runtime:
             ),
         )
         self.channels = self.open_channels(context)
+        self.tools = ToolBox(config.tools, config.connections)
+        self.demo_shop = seeded_shop() if config.demo.shop else None
         self.answerer = open_answerer(config, self.knowledge)
+        if config.procedures and isinstance(self.answerer, GroundedAnswerer):
+            self.answerer.procedures = ProcedureEngine(
+                config.procedures,
+                config.brain.procedures,
+                tools=self.tools,
+                store=self.store,
+                embed=self.knowledge.embed,
+            )
         self.relay = self.open_relay()
         messages = config.brain.messages
         self.pipeline = Pipeline(
@@ -154,6 +170,7 @@ class Runtime:
             for channel in runtime.channels.values():
                 await channel.close()
             await runtime.answerer.close()
+            await runtime.tools.close()
             await bus.close()
             await store.close()
             runtime.knowledge.close()

@@ -18,7 +18,10 @@ from adapters.slack import SlackConfig
 from adapters.telegram import TelegramConfig
 from adapters.twilio import SmsConfig, WhatsappConfig
 from adapters.webchat import WebchatConfig
+from brain import procedure_config, tools
 from brain.config import BrainConfig, KnowledgeConfig
+from brain.procedure_config import ProcedureConfig
+from brain.tools import ConnectionConfig, ToolConfig
 from gateway.config import (
     ConfigError,
     HandoffConfig,
@@ -44,6 +47,12 @@ class ChannelsConfig(Section):
     slack: SlackConfig = Field(default_factory=SlackConfig)
 
 
+class DemoConfig(Section):
+    shop: bool = Field(
+        default=False, description="serve the Kettle & Crane demo shop API at /demo/shop/api"
+    )
+
+
 class GatewayConfig(Section):
     data_dir: Path = Field(default_factory=lambda: Path(env("GATEWAY_DATA_DIR") or "data"))
     redis_url: str | None = Field(default_factory=lambda: env("REDIS_URL"))
@@ -54,6 +63,10 @@ class GatewayConfig(Section):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    connections: dict[str, ConnectionConfig] = Field(default_factory=dict)
+    tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    procedures: dict[str, ProcedureConfig] = Field(default_factory=dict)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
@@ -66,6 +79,22 @@ class GatewayConfig(Section):
                 "agents' replies and buttons arrive through the Slack app"
             )
         return self
+
+    @model_validator(mode="after")
+    def _references_hold(self) -> GatewayConfig:
+        problems = reference_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def reference_problems(config: GatewayConfig) -> list[str]:
+    """Tools on unknown connections, procedures calling unknown tools or changing unconfirmed."""
+    effects = {name: tool.effect for name, tool in config.tools.items()}
+    return [
+        *tools.reference_problems(config.tools, config.connections),
+        *procedure_config.reference_problems(config.procedures, effects),
+    ]
 
 
 def load_config(path: Path | None = None) -> GatewayConfig:
@@ -83,9 +112,26 @@ def load_config(path: Path | None = None) -> GatewayConfig:
     base = path.parent
     sources = [_resolve_source(source, base) for source in config.knowledge.sources]
     config = config.model_copy(
-        update={"knowledge": config.knowledge.model_copy(update={"sources": sources})}
+        update={
+            "knowledge": config.knowledge.model_copy(update={"sources": sources}),
+            "procedures": {**config.procedures, **_procedure_files(base, config)},
+        }
     )
+    if problems := reference_problems(config):
+        raise ConfigError(f"{path}: " + "; ".join(problems))
     return _apply_port(config)
+
+
+def _procedure_files(base: Path, config: GatewayConfig) -> dict[str, ProcedureConfig]:
+    """`procedures/*.yaml` beside the config file: one procedure each, named by its stem."""
+    found = {}
+    for file in sorted((base / "procedures").glob("*.yaml")):
+        if file.stem in config.procedures:
+            raise ConfigError(f"{file}: procedure {file.stem!r} is also in procedures:")
+        found[file.stem] = read_config(
+            file.read_text(encoding="utf-8"), ProcedureConfig, name=str(file)
+        )
+    return found
 
 
 def parse_config(text: str, *, name: str = "gateway.yaml") -> GatewayConfig:

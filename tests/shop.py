@@ -1,0 +1,66 @@
+"""The demo shop on a loopback port, and the sample config (config/gateway.yaml with its
+procedures) pointed at it: the tools make real HTTP calls through the SSRF guard."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from brain.tools import ConnectionConfig
+from gateway.app.demo_shop import PREFIX, Shop, seeded_shop
+from gateway.app.settings import DemoConfig, GatewayConfig, load_config
+
+SAMPLE_CONFIG = Path(__file__).parent.parent / "config" / "gateway.yaml"
+IDENTITY_SECRET = "site-identity-secret"
+
+
+@dataclass
+class RunningShop:
+    shop: Shop
+    url: str
+
+
+@asynccontextmanager
+async def running_shop() -> AsyncIterator[RunningShop]:
+    shop = seeded_shop()
+    app = web.Application()
+    app.add_subapp(PREFIX, shop.app())  # where `gateway serve` mounts it (demo.shop: true)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield RunningShop(shop, str(server.make_url(PREFIX)))
+    finally:
+        await server.close()
+
+
+def shop_config(shop_url: str, data_dir: Path, *, redis_url: str | None = None) -> GatewayConfig:
+    """The sample config, its shop connection at `shop_url`, the demo shop not served."""
+    config = load_config(SAMPLE_CONFIG)
+    connection = ConnectionConfig.model_validate(
+        {"base_url": shop_url, "allow_networks": ["127.0.0.1/32"]}
+    )
+    webchat = config.channels.webchat.model_copy(
+        update={"identity_secret": SecretStr(IDENTITY_SECRET)}
+    )
+    return config.model_copy(
+        update={
+            "data_dir": data_dir,
+            "redis_url": redis_url,
+            "demo": DemoConfig(shop=False),
+            "connections": {"shop": connection},
+            "channels": config.channels.model_copy(update={"webchat": webchat}),
+        }
+    )
+
+
+def signed(value: str, secret: str = IDENTITY_SECRET) -> str:
+    """What the operator's site computes: the hex HMAC-SHA256 of the email or user id."""
+    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
