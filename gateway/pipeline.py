@@ -15,6 +15,7 @@ import structlog
 
 from gateway import metrics
 from gateway.answering import Answerer, Passage, PolicyCheck
+from gateway.archive.recorder import Recorder
 from gateway.channel import Channel
 from gateway.delivery import deliver
 from gateway.message import (
@@ -62,6 +63,7 @@ class Pipeline:
         results: TurnResults,
         texts: ReplyTexts,
         relay: Relay | None = None,
+        archive: Recorder | None = None,
     ) -> None:
         self._store = store
         self._answerer = answerer
@@ -70,6 +72,7 @@ class Pipeline:
         self._results = results
         self._texts = texts
         self._relay = relay  # the human hand-off; None without an agents' console
+        self._archive = archive  # only enqueues: the database is written off the reply's path
 
     async def handle(self, message: Inbound) -> TurnResult:
         structlog.contextvars.bind_contextvars(
@@ -142,6 +145,9 @@ class Pipeline:
         conversation.failed_turns = conversation.failed_turns + 1 if decision.is_failed_turn else 0
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
+        result = _result(message, decision, replies)
+        if self._archive is not None:
+            await self._archive.turn(message, conversation, result)
         await self._store.mark_processed(message.dedupe_key)
         log.info(
             "pipeline.turn",
@@ -149,7 +155,7 @@ class Pipeline:
             reason=decision.reason,
             confidence=round(decision.confidence, 3),
         )
-        return _result(message, decision, replies)
+        return result
 
     async def _decide(
         self,
@@ -188,9 +194,12 @@ class Pipeline:
         if self._relay is None or conversation is None:
             log.warning("pipeline.event_dropped", kind=message.kind.value, relay=bool(self._relay))
         else:
+            before = conversation.mode
             await self._relay.handle(message, conversation)
             conversation.updated_at = datetime.now(UTC)
             await self._store.save(conversation)
+            if self._archive is not None:
+                await self._archive.relay_event(message, before, conversation)
         await self._store.mark_processed(message.dedupe_key)
         explanation = f"{message.kind.value}: handled by the hand-off relay."
         return _result(message, Decision(action=Action.HUMAN, explanation=explanation), ())

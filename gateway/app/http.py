@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
 from gateway.admission import Busy
+from gateway.app.admin import admin_routes
 from gateway.app.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -32,6 +33,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     for channel in runtime.channels.values():
         app.router.add_routes(channel.routes())
+    app.router.add_routes(admin_routes(runtime))
     return app
 
 

@@ -20,6 +20,7 @@ from adapters.twilio import SmsConfig, WhatsappConfig
 from adapters.webchat import WebchatConfig
 from brain.config import BrainConfig, KnowledgeConfig
 from gateway.config import (
+    ArchiveConfig,
     ConfigError,
     HandoffConfig,
     LoggingConfig,
@@ -54,6 +55,7 @@ class GatewayConfig(Section):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
