@@ -111,10 +111,17 @@ def report(
 
 
 async def build(settings: GatewayConfig, since: timedelta) -> Report:
+    from gateway.archive.migrate import current
     from gateway.archive.report import build_report
 
     database = await _with_archive(settings)
     try:
+        revision, head = await current(database)
+        if revision != head:
+            console.print(
+                f"[red]The archive is at revision {revision}[/red]: run `gateway db upgrade`"
+            )
+            raise typer.Exit(2)
         return await build_report(
             database,
             since=since,
