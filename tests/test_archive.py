@@ -182,6 +182,8 @@ async def test_turns_and_handoff_events_reach_the_archive_once(
                 )
             }
         )
+        live = {kind: metrics.OUTCOMES.labels(kind, "rest") for kind in ("escalated", "resolved")}
+        before = {kind: series._value.get() for kind, series in live.items()}
         async with Handoff.open(config, slack=slack) as gw, archiving(gw):
             answered = await gw.ask("kim", "How do I descale my espresso machine?")
             await gw.ask("kim", ASK_FOR_A_PERSON)
@@ -201,6 +203,11 @@ async def test_turns_and_handoff_events_reach_the_archive_once(
         rows = (await connection.execute(select(turns).order_by(turns.c.at))).all()
         kinds = (await connection.execute(select(events.c.kind, events.c.agent))).all()
     await archive.close()
+    # The live Prometheus series count each transition once, the refused resolve not at all.
+    assert {kind: series._value.get() - before[kind] for kind, series in live.items()} == {
+        "escalated": 1,
+        "resolved": 1,
+    }
     assert [row.id for row in rows] == customer_ids
     assert rows[0].action == "answer" and rows[0].replied and rows[0].sources
     assert rows[0].latency_ms == answered["latency_ms"]
