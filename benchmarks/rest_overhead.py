@@ -6,6 +6,7 @@ Each server runs in its own process on this machine; one load client drives both
     python benchmarks/rest_overhead.py              # the gateway's own overhead
     python benchmarks/rest_overhead.py --retrieval  # with the offline answerer on the sample KB
     python benchmarks/rest_overhead.py --redis redis://127.0.0.1:6379/0  # Redis bus and store
+    python benchmarks/rest_overhead.py --archive   # archive on against archive off, interleaved
 
 Without --retrieval the gateway runs on an empty knowledge base: every message still goes
 through the bus, ordering, dedupe, state, transcript, decision, send and metrics, but the
@@ -77,16 +78,21 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def start_gateway(args: argparse.Namespace, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_gateway(
+    args: argparse.Namespace, port: int, workdir: Path, *, archive: bool = True
+) -> subprocess.Popen[bytes]:
+    workdir.mkdir(exist_ok=True)
     config = workdir / "gateway.yaml"
     sources = f"[{ROOT / 'config' / 'knowledge'}]" if args.retrieval else "[]"
     config.write_text(
         f"data_dir: {workdir / 'data'}\nknowledge: {{sources: {sources}}}\n"
         "server: {host: 127.0.0.1}\nlogging: {level: warning}\n"
+        f"archive: {{enabled: {str(archive).lower()}}}\n"
     )
     env = {**os.environ, "PORT": str(port), "GATEWAY_CONFIG": str(config)}
     env.pop("GATEWAY_API_TOKEN", None)
     env.pop("REDIS_URL", None)
+    env.pop("DATABASE_URL", None)  # the archive on SQLite in the temporary data_dir
     if args.redis:
         env["REDIS_URL"] = args.redis
     command = [sys.executable, "-m", "gateway.app", "serve"]
@@ -114,8 +120,15 @@ async def main() -> None:
     parser.add_argument("--retrieval", action="store_true", help="answer from the sample KB")
     parser.add_argument("--redis", help="REDIS_URL for the gateway's bus and store")
     parser.add_argument("--requests", type=int, default=2000, help="requests per level")
+    parser.add_argument(
+        "--archive", action="store_true", help="archive on against off, side by side"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--archive: alternations per level")
     args = parser.parse_args()
     levels = [1, 10, 100]
+    if args.archive:
+        await compare_archive(args, levels)
+        return
 
     bare_port, gateway_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +166,53 @@ async def main() -> None:
     p95 = measured[100][1]
     verdict = "met" if p95 < 50 else "MISSED"
     print(f"\ntarget: gateway p95 under 50 ms at 100 concurrent: {p95:.1f} ms ({verdict})")
+
+
+async def compare_archive(args: argparse.Namespace, levels: list[int]) -> None:
+    """Two gateways, archive off and on, loaded in turn `rounds` times per level (so a
+    neighbour's load on the shared machine falls on both alike); latencies pooled per side."""
+    ports = {"off": free_port(), "on": free_port()}
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {
+            side: start_gateway(args, port, Path(tmp) / side, archive=side == "on")
+            for side, port in ports.items()
+        }
+        pooled: dict[tuple[str, int], list[float]] = {}
+        rates: dict[tuple[str, int], list[float]] = {}
+        try:
+            for side, port in ports.items():
+                await wait_healthy(port, servers[side])
+                await load(port, 10, 20, f"{side}-warmup")
+            for concurrency in levels:
+                per_worker = max(args.requests // concurrency // args.rounds, 5)
+                for round_ in range(args.rounds):
+                    for side, port in ports.items():
+                        latencies, rate = await load(
+                            port, concurrency, per_worker, f"{side}-{round_}"
+                        )
+                        pooled.setdefault((side, concurrency), []).extend(latencies)
+                        rates.setdefault((side, concurrency), []).append(rate)
+        finally:
+            for process in servers.values():
+                process.terminate()
+                process.wait(timeout=20)
+    backend = "redis" if args.redis else "in-process"
+    print(f"\nREST round trips, archive off vs on (SQLite), {backend} bus/store")
+    header = (
+        f"{'concurrency':>11} {'archive':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'msg/s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for concurrency in levels:
+        row = {}
+        for side in ports:
+            values = pooled[(side, concurrency)]
+            row[side] = [percentile(values, q) for q in (50, 95, 99)]
+            rate = statistics.mean(rates[(side, concurrency)])
+            p50, p95, p99 = row[side]
+            print(f"{concurrency:>11} {side:>8} {p50:>8.2f} {p95:>8.2f} {p99:>8.2f} {rate:>8.0f}")
+        change = (row["on"][1] / row["off"][1] - 1) * 100
+        print(f"{'':>11} {'p95 Δ':>8} {change:>+7.1f}%")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class ServerConfig(Section):
         description="Bearer token required on /api/*; unset means the API is open.",
     )
     max_message_chars: int = Field(default=4000, ge=1)
+    admin_token: SecretStr | None = Field(
+        default_factory=lambda: secret("GATEWAY_ADMIN_TOKEN"),
+        description="Bearer token for /admin/report; unset means the page is off (404).",
+    )
 
 
 class PipelineConfig(Section):
@@ -157,6 +161,30 @@ class HandoffConfig(Section):
         except (KeyError, IndexError, ValueError):
             raise ValueError("signature may name only {agent} and {text}") from None
         return self
+
+
+class ArchiveConfig(Section):
+    """The conversation archive (gateway/archive/) and the report's definitions."""
+
+    enabled: bool = True
+    database_url: SecretStr | None = Field(
+        default_factory=lambda: secret("DATABASE_URL"),
+        description="PostgreSQL (postgres://...); unset: SQLite in data_dir",
+    )
+    retention_days: int = Field(default=365, ge=1, description="older rows are deleted")
+    resolution_window: Seconds = Field(
+        default=86_400.0,
+        description="a bot answer with no escalation and no further message this long after "
+        "counts as an assumed resolution; a longer silence starts a new contact",
+    )
+    repeat_window: Seconds = Field(
+        default=7 * 86_400.0, description="the same customer back on the same topic: a repeat"
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    flush_interval: Seconds = Field(default=0.5, description="how long events gather per batch")
+    max_buffered: int = Field(
+        default=100_000, ge=1, description="no Redis: events kept while the database is down"
+    )
 
 
 class LoggingConfig(Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from gateway.archive import ArchiveEvent, EventKind
 from gateway.message import TurnResult
 
 MESSAGES = Counter("gateway_messages_total", "Messages processed", ["channel"])
@@ -54,3 +55,32 @@ def observe_turn(channel: str, result: TurnResult) -> None:
     LATENCY.labels(channel).observe(result.latency_ms / 1000)
     if result.first_response_ms is not None:
         FIRST_RESPONSE.labels(channel).observe(result.first_response_ms / 1000)
+
+
+# The archive (gateway/archive/): live outcome and satisfaction series; the report has the rest.
+OUTCOMES = Counter(
+    "gateway_outcomes_total",
+    "Hand-off outcomes as they happen: escalated, claimed, resolved (by an agent), handed "
+    "back, timed out (abandoned while waiting); assumed resolutions need the report's window",
+    ["outcome", "channel"],
+)
+SATISFACTION = Counter(
+    "gateway_satisfaction_answers_total",
+    "Satisfaction answers by score (1-5)",
+    ["score", "channel"],
+)
+ARCHIVE_WRITTEN = Counter("gateway_archive_written_total", "Archive events committed")
+ARCHIVE_FAILURES = Counter(
+    "gateway_archive_write_failures_total", "Archive batches that failed to commit (retried)"
+)
+ARCHIVE_DROPPED = Counter(
+    "gateway_archive_dropped_total",
+    "Archive events dropped from a full in-memory buffer (no Redis, database down for long)",
+)
+
+
+def observe_archived(event: ArchiveEvent) -> None:
+    if event.kind is EventKind.SATISFACTION and event.score is not None:
+        SATISFACTION.labels(str(event.score), event.channel).inc()
+    elif event.kind not in (EventKind.TURN, EventKind.AGENT_REPLY, EventKind.DELIVERY_FAILED):
+        OUTCOMES.labels(event.kind.value, event.channel).inc()

@@ -15,6 +15,7 @@ import structlog
 
 from gateway import metrics
 from gateway.answering import Answerer, Passage, PolicyCheck, Violation
+from gateway.archive.recorder import Recorder
 from gateway.channel import Channel
 from gateway.message import (
     Action,
@@ -65,6 +66,7 @@ class Pipeline:
         texts: ReplyTexts,
         first_response: float,
         relay: Relay | None = None,
+        archive: Recorder | None = None,
     ) -> None:
         """`first_response`: seconds from a message's receipt after which, if no text of the
         answer is shown yet, the customer is told `texts.wait` while the answer is finished."""
@@ -76,6 +78,7 @@ class Pipeline:
         self._texts = texts
         self._first_response = first_response
         self._relay = relay  # the human hand-off; None without an agents' console
+        self._archive = archive  # only enqueues: the database is written off the reply's path
 
     async def handle(self, message: Inbound) -> TurnResult:
         structlog.contextvars.bind_contextvars(
@@ -161,6 +164,10 @@ class Pipeline:
         conversation.failed_turns = conversation.failed_turns + 1 if decision.is_failed_turn else 0
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
+        shown = live.first_response_ms if live else None
+        result = _result(message, decision, replies, first_response_ms=shown)
+        if self._archive is not None:
+            await self._archive.turn(message, conversation, result)
         await self._store.mark_processed(message.dedupe_key)
         log.info(
             "pipeline.turn",
@@ -168,8 +175,7 @@ class Pipeline:
             reason=decision.reason,
             confidence=round(decision.confidence, 3),
         )
-        shown = live.first_response_ms if live else None
-        return _result(message, decision, replies, first_response_ms=shown)
+        return result
 
     def _live_reply(self, message: Inbound, *, wait: bool) -> LiveReply:
         return LiveReply(
@@ -238,9 +244,12 @@ class Pipeline:
         if self._relay is None or conversation is None:
             log.warning("pipeline.event_dropped", kind=message.kind.value, relay=bool(self._relay))
         else:
+            before = conversation.mode
             await self._relay.handle(message, conversation)
             conversation.updated_at = datetime.now(UTC)
             await self._store.save(conversation)
+            if self._archive is not None:
+                await self._archive.relay_event(message, before, conversation)
         await self._store.mark_processed(message.dedupe_key)
         explanation = f"{message.kind.value}: handled by the hand-off relay."
         return _result(message, Decision(action=Action.HUMAN, explanation=explanation), ())

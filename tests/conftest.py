@@ -116,6 +116,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a free loopback port, for the whole session."""
+    from tests.postgres_process import PostgresProcess
+
+    server = PostgresProcess(free_port())
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty archive database, SQLite in `tmp_path` or a fresh database on the session's
+    PostgreSQL server, as an operator writes DATABASE_URL; not migrated yet."""
+    from tests.postgres_process import fresh_database
+
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'archive.sqlite3'}"
+    return await fresh_database(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     """Dedicated redis-servers a test may kill and restart: `redis_process(appendonly=True,

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import metrics
 from gateway.admission import Busy
 from gateway.app import demo_shop
+from gateway.app.admin import admin_routes
 from gateway.app.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     for channel in runtime.channels.values():
         app.router.add_routes(channel.routes())
+    app.router.add_routes(admin_routes(runtime))
     if runtime.demo_shop is not None:
         app.add_subapp(demo_shop.PREFIX, runtime.demo_shop.app())
     return app

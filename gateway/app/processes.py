@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Mapping
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -13,6 +14,8 @@ from aiohttp import web
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
+from gateway.archive.migrate import upgrade
+from gateway.archive.writer import ArchiveWriter
 from gateway.channel import Channel
 
 log = structlog.get_logger(__name__)
@@ -46,6 +49,7 @@ async def run(
         # Hand-off timers and delivery reports become bus events on the worker role.
         relay = runtime.relay
         handoff = asyncio.create_task(relay.run()) if worker and relay is not None else None
+        archiving = await start_archive_writer(runtime) if worker else None
         runner = None
         if http:
             runner = web.AppRunner(build_app(runtime), access_log=None)
@@ -70,14 +74,33 @@ async def run(
         await stop_connectors(connected)
         if runner is not None:
             await runner.cleanup()
-        if handoff is not None:
-            handoff.cancel()
-            await asyncio.gather(handoff, return_exceptions=True)
+        for background in (handoff, archiving):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
         if consumer is not None:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
         for waiter in waiters:
             waiter.cancel()
+
+
+async def start_archive_writer(runtime: Runtime) -> asyncio.Task[None] | None:
+    """The worker's archive writer; the embedded SQLite archive is migrated first (PostgreSQL
+    is migrated by the `release` process: `gateway db upgrade`)."""
+    if runtime.archive is None or runtime.archive_queue is None:
+        return None
+    archive = runtime.config.archive
+    if runtime.archive.dialect == "sqlite":
+        await upgrade(runtime.archive)
+    writer = ArchiveWriter(
+        runtime.archive_queue,
+        runtime.archive,
+        batch_size=archive.batch_size,
+        flush_interval=archive.flush_interval,
+        retention=timedelta(days=archive.retention_days),
+    )
+    return asyncio.create_task(writer.run(), name="archive:writer")
 
 
 async def start_connectors(channels: Mapping[str, Channel]) -> list[Channel]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,10 @@ from gateway.admission import Admission
 from gateway.answering import Answerer
 from gateway.app.demo_shop import Shop, seeded_shop
 from gateway.app.settings import GatewayConfig
+from gateway.archive.database import ArchiveDatabase, database_url
+from gateway.archive.queue import ArchiveQueue, MemoryArchiveQueue
+from gateway.archive.recorder import Recorder
+from gateway.archive.redis_queue import RedisArchiveQueue
 from gateway.bus import Bus
 from gateway.bus.memory import MemoryBus
 from gateway.bus.redis import RedisBus
@@ -51,6 +57,8 @@ class Runtime:
     store: Store
     knowledge: KnowledgeBase
     results: TurnResults
+    archive_queue: ArchiveQueue | None = None  # None: the archive is off
+    archive: ArchiveDatabase | None = None
     admission: Admission = field(init=False)
     tools: ToolBox = field(init=False)
     demo_shop: Shop | None = field(init=False)  # served by the web role when demo.shop is on
@@ -105,6 +113,7 @@ class Runtime:
             # The holding line goes out with the reserve kept to send it before the deadline.
             first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
+            archive=Recorder(self.archive_queue) if self.archive_queue is not None else None,
         )
 
     def open_channels(self, context: ChannelContext) -> dict[str, Channel]:
@@ -157,12 +166,24 @@ class Runtime:
                 dedupe_ttl=pipeline_config.dedupe_ttl,
                 conversation_ttl=pipeline_config.conversation_ttl,
             )
+        archive = config.archive
+        archive_queue: ArchiveQueue | None = None
+        if not archive.enabled:
+            pass
+        elif redis is not None:
+            archive_queue = RedisArchiveQueue(
+                redis, consumer=archive_consumer(), claim_idle=pipeline_config.claim_idle
+            )
+        else:
+            archive_queue = MemoryArchiveQueue(max_buffered=archive.max_buffered)
         runtime = cls(
             config=config,
             bus=bus,
             store=store,
             knowledge=open_knowledge(config),
             results=TurnResults(bus),
+            archive_queue=archive_queue,
+            archive=open_archive(config) if archive.enabled else None,
         )
         try:
             yield runtime
@@ -174,6 +195,8 @@ class Runtime:
             await bus.close()
             await store.close()
             runtime.knowledge.close()
+            if runtime.archive is not None:
+                await runtime.archive.close()
             if redis is not None:
                 await redis.aclose()
 
@@ -214,3 +237,14 @@ def open_knowledge(config: GatewayConfig) -> KnowledgeBase:
         embedder_process=config.knowledge.embedder_process,
         crawl=config.knowledge.crawl,
     )
+
+
+def open_archive(config: GatewayConfig) -> ArchiveDatabase:
+    """The archive's database; no connection is made until it is used."""
+    url = config.archive.database_url
+    return ArchiveDatabase(database_url(url.get_secret_value() if url else None, config.data_dir))
+
+
+def archive_consumer() -> str:
+    """This process's name among the archive's writers (a Redis consumer group member)."""
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -23,6 +23,7 @@ from brain.config import BrainConfig, KnowledgeConfig
 from brain.procedure_config import ProcedureConfig
 from brain.tools import ConnectionConfig, ToolConfig
 from gateway.config import (
+    ArchiveConfig,
     ConfigError,
     HandoffConfig,
     LoggingConfig,
@@ -67,6 +68,7 @@ class GatewayConfig(Section):
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     procedures: dict[str, ProcedureConfig] = Field(default_factory=dict)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:

@@ -131,6 +131,12 @@ class MemoryStore:
             self._quotas = {k: v for k, v in self._quotas.items() if now - v[0] < window}
         return True
 
+    async def forget(self, key: str) -> None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            self._bytes -= record.size
+        self._timers.pop(key, None)
+
     async def ping(self) -> None:
         return None
 

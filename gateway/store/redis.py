@@ -95,6 +95,12 @@ class RedisStore:
             _, count = await pipe.execute()
         return int(count) <= limit
 
+    async def forget(self, key: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{PREFIX}:conversation:{key}", f"{PREFIX}:transcript:{key}")
+            pipe.zrem(SCHEDULE, key)
+            await pipe.execute()
+
     async def ping(self) -> None:
         await self._redis.ping()
 

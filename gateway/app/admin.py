@@ -1,0 +1,59 @@
+"""`/admin/report`: the archive's report in the browser, behind `GATEWAY_ADMIN_TOKEN` (sent as
+`Authorization: Bearer ...` or `?token=...`); with no token set the route does not exist."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+
+import typer
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateway.app.archive_cli import parse_period
+from gateway.app.runtime import Runtime
+from gateway.archive.database import ArchiveDatabase
+from gateway.archive.render import PAGE_POLICY, render_html
+from gateway.archive.report import build_report
+
+
+def admin_routes(runtime: Runtime) -> list[web.RouteDef]:
+    token = runtime.config.server.admin_token
+    if token is None or runtime.archive is None:
+        return []
+    return [web.get("/admin/report", _ReportPage(runtime, runtime.archive, token).handle)]
+
+
+class _ReportPage:
+    def __init__(self, runtime: Runtime, archive: ArchiveDatabase, token: SecretStr) -> None:
+        self._config = runtime.config.archive
+        self._archive = archive
+        self._token = token.get_secret_value().encode()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPUnauthorized(
+                reason="admin token required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            since = parse_period(request.query.get("since", "7d"))
+        except typer.BadParameter as error:
+            raise web.HTTPBadRequest(reason=str(error)) from None
+        report = await build_report(
+            self._archive,
+            since=since,
+            window=timedelta(seconds=self._config.resolution_window),
+            repeat_window=timedelta(seconds=self._config.repeat_window),
+        )
+        if request.query.get("format") == "json":
+            return web.json_response(text=report.model_dump_json())
+        response = web.Response(text=render_html(report), content_type="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else None
+        given = given or request.query.get("token", "")
+        return hmac.compare_digest(given.encode(), self._token)

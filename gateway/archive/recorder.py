@@ -1,0 +1,108 @@
+"""What the pipeline tells the archive: each turn, and each hand-off transition it saw.
+
+Hand-off events are read off the conversation's mode before and after the relay handled an
+agent's event or a timer, so the relay itself needs no archive calls: a claim that changed
+nothing (already claimed) or a stale timer records nothing.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from gateway import metrics
+from gateway.archive import ArchiveEvent, Decided, EventKind
+from gateway.archive.queue import ArchiveQueue
+from gateway.message import Action, Conversation, Inbound, InboundKind, Mode, TurnResult
+
+log = structlog.get_logger(__name__)
+
+# (event kind, mode before, mode after) -> what the archive records; None: any mode.
+_TRANSITIONS: dict[InboundKind, tuple[EventKind, Mode | None, Mode]] = {
+    InboundKind.CLAIM: (EventKind.CLAIMED, None, Mode.HUMAN),
+    InboundKind.AGENT_REPLY: (EventKind.AGENT_REPLY, None, Mode.HUMAN),
+    InboundKind.RESOLVE: (EventKind.RESOLVED, None, Mode.BOT),
+    InboundKind.HAND_BACK: (EventKind.HANDED_BACK, None, Mode.BOT),
+    InboundKind.TICK: (EventKind.TIMED_OUT, Mode.WAITING, Mode.BOT),
+}
+
+
+class Recorder:
+    def __init__(self, queue: ArchiveQueue) -> None:
+        self._queue = queue
+
+    async def turn(self, message: Inbound, conversation: Conversation, result: TurnResult) -> None:
+        decision = result.decision
+        await self._put(
+            _event(
+                message,
+                conversation,
+                EventKind.TURN,
+                text=message.content,
+                decision=Decided(
+                    action=decision.action,
+                    reason=decision.reason,
+                    confidence=decision.confidence,
+                    sources=decision.sources,
+                    latency_ms=result.latency_ms,
+                    replied=bool(result.replies),
+                ),
+            )
+        )
+        # The decision escalates only from the bot's mode: waiting now means a thread opened.
+        if decision.action is Action.ESCALATE and conversation.mode is Mode.WAITING:
+            await self._put(_event(message, conversation, EventKind.ESCALATED, suffix="escalated"))
+
+    async def relay_event(self, message: Inbound, before: Mode, conversation: Conversation) -> None:
+        """After the relay handled a non-customer event; `before` is the mode it found."""
+        if message.kind is InboundKind.DELIVERY:
+            await self._put(
+                _event(message, conversation, EventKind.DELIVERY_FAILED, text=message.text)
+            )
+            return
+        recorded = _TRANSITIONS.get(message.kind)
+        if recorded is None:
+            return
+        kind, required, after = recorded
+        if conversation.mode is not after or (required is not None and before is not required):
+            return  # rejected, or nothing changed
+        agent = (message.author or message.sender) if kind is not EventKind.TIMED_OUT else None
+        if kind is EventKind.AGENT_REPLY and before is not Mode.HUMAN:
+            # An agent's reply to a waiting conversation claims it.
+            await self._put(
+                _event(message, conversation, EventKind.CLAIMED, agent=agent, suffix="claimed")
+            )
+        elif kind is not EventKind.AGENT_REPLY and before is after:
+            return  # a second claim by the owner, a resolve of what the bot already has
+        await self._put(_event(message, conversation, kind, agent=agent))
+
+    async def _put(self, event: ArchiveEvent) -> None:
+        """Never fails the turn: the reply matters more than its record."""
+        metrics.observe_archived(event)
+        try:
+            await self._queue.put(event)
+        except Exception:
+            log.exception("archive.enqueue_failed", kind=event.kind.value)
+            metrics.ERRORS.labels("archive").inc()
+
+
+def _event(
+    message: Inbound,
+    conversation: Conversation,
+    kind: EventKind,
+    *,
+    suffix: str | None = None,
+    text: str = "",
+    agent: str | None = None,
+    decision: Decided | None = None,
+) -> ArchiveEvent:
+    return ArchiveEvent(
+        id=f"{message.id}:{suffix}" if suffix else message.id,
+        kind=kind,
+        conversation=conversation.key,
+        channel=conversation.channel,
+        customer=conversation.customer,
+        at=message.received_at,
+        text=text,
+        agent=agent,
+        decision=decision,
+    )

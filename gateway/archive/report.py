@@ -1,0 +1,192 @@
+"""The operator's report over a period: computed from the archive, as JSON-ready figures.
+
+Everything is counted per contact (see `gateway/archive/outcomes.py` for the definitions);
+confirmed and assumed resolutions are always reported apart.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from gateway.archive.database import ArchiveDatabase
+from gateway.archive.outcomes import Contact, EventRow, Outcome, TurnRow, contacts
+from gateway.archive.schema import as_utc, events, satisfaction, turns
+
+TOP = 10
+# Turns in which the bot could not answer (gateway.message's failed turns).
+UNANSWERED_REASONS = ("low_confidence", "model_unavailable", "repeated_failure", "pipeline_error")
+
+
+class Percentiles(BaseModel):
+    count: int
+    p50: float | None
+    p95: float | None
+
+
+class Rate(BaseModel):
+    count: int
+    rate: float  # of all contacts in the period
+
+
+class Satisfaction(BaseModel):
+    answers: int
+    average: float
+    scores: dict[str, int]  # "1" to "5" -> answers
+
+
+class Report(BaseModel):
+    since: datetime
+    until: datetime
+    contacts: int
+    messages: int
+    volume: dict[str, dict[str, int]]  # day (ISO) -> channel -> contacts started
+    outcomes: dict[str, int]  # every Outcome, zero included
+    automation: dict[str, Rate]  # confirmed, assumed: apart, always
+    escalations: dict[str, Rate]  # by reason
+    first_response_seconds: dict[str, Percentiles]  # by channel
+    time_to_claim_seconds: Percentiles
+    time_to_resolve_seconds: Percentiles
+    agents: dict[str, dict[str, int]]  # agent -> claimed, replies, resolved
+    satisfaction: Satisfaction
+    repeat_contacts: Rate
+    top_topics: list[tuple[str, int]]
+    top_unanswered: list[tuple[str, int]]
+
+
+async def build_report(
+    database: ArchiveDatabase,
+    *,
+    since: timedelta,
+    window: timedelta,
+    repeat_window: timedelta,
+    now: datetime | None = None,
+) -> Report:
+    until = now or datetime.now(UTC)
+    start = until - since
+    # Contacts that began before the period still count as the earlier contact of a repeat.
+    turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start)
+    every = contacts(turn_rows, event_rows, window=window, repeat_window=repeat_window, now=until)
+    period = [contact for contact in every if contact.start >= start]
+    return _summarize(period, start, until, unanswered)
+
+
+async def _load(
+    database: ArchiveDatabase, loaded_from: datetime, start: datetime
+) -> tuple[list[TurnRow], list[EventRow], list[tuple[str, int]]]:
+    async with database.engine.connect() as connection:
+        turn_result = await connection.execute(
+            select(
+                turns.c.conversation,
+                turns.c.channel,
+                turns.c.customer,
+                turns.c.at,
+                turns.c.action,
+                turns.c.reason,
+                turns.c.topic,
+                turns.c.latency_ms,
+                turns.c.replied,
+            ).where(turns.c.at >= loaded_from)
+        )
+        turn_rows = [TurnRow(r[0], r[1], r[2], as_utc(r[3]), *r[4:]) for r in turn_result]
+        event_result = await connection.execute(
+            select(events.c.conversation, events.c.kind, events.c.at, events.c.agent).where(
+                events.c.at >= loaded_from
+            )
+        )
+        event_rows = [EventRow(r[0], r[1], as_utc(r[2]), r[3]) for r in event_result]
+        score_result = await connection.execute(
+            select(satisfaction.c.conversation, satisfaction.c.at, satisfaction.c.score).where(
+                satisfaction.c.at >= loaded_from
+            )
+        )
+        event_rows += [
+            EventRow(r[0], "satisfaction", as_utc(r[1]), score=r[2]) for r in score_result
+        ]
+        question = func.lower(func.trim(turns.c.text))
+        unanswered = await connection.execute(
+            select(question, func.count())
+            .where(turns.c.at >= start, turns.c.reason.in_(UNANSWERED_REASONS))
+            .group_by(question)
+            .order_by(func.count().desc(), question)
+            .limit(TOP)
+        )
+        return turn_rows, event_rows, [(text, count) for text, count in unanswered]
+
+
+def _summarize(
+    period: list[Contact], start: datetime, until: datetime, unanswered: list[tuple[str, int]]
+) -> Report:
+    total = len(period)
+
+    def rate(count: int) -> Rate:
+        return Rate(count=count, rate=round(count / total, 4) if total else 0.0)
+
+    outcomes = Counter(contact.outcome for contact in period)
+    volume: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    first_response: defaultdict[str, list[float]] = defaultdict(list)
+    claim_waits, resolve_waits = [], []
+    agents: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for contact in period:
+        volume[contact.start.date().isoformat()][contact.channel] += 1
+        if (first := contact.first_response_ms) is not None:
+            first_response[contact.channel].append(first / 1000)
+        escalated = contact.first("escalated")
+        if escalated is not None:
+            if (claimed := contact.first("claimed")) is not None:
+                claim_waits.append((claimed - escalated).total_seconds())
+            if (resolved := contact.first("resolved")) is not None:
+                resolve_waits.append((resolved - escalated).total_seconds())
+        for event in contact.events:
+            if event.agent and event.kind in ("claimed", "agent_reply", "resolved"):
+                agents[event.agent][_AGENT_COLUMNS[event.kind]] += 1
+    scores = [score for contact in period for score in contact.scores]
+    reasons = Counter(r for contact in period if (r := contact.escalation_reason) is not None)
+    return Report(
+        since=start,
+        until=until,
+        contacts=total,
+        messages=sum(len(contact.turns) for contact in period),
+        volume={day: dict(volume[day]) for day in sorted(volume)},
+        outcomes={outcome.value: outcomes[outcome] for outcome in Outcome},
+        automation={
+            "confirmed": rate(outcomes[Outcome.CONFIRMED]),
+            "assumed": rate(outcomes[Outcome.ASSUMED]),
+        },
+        escalations={reason: rate(count) for reason, count in reasons.most_common()},
+        first_response_seconds={
+            channel: _percentiles(values) for channel, values in sorted(first_response.items())
+        },
+        time_to_claim_seconds=_percentiles(claim_waits),
+        time_to_resolve_seconds=_percentiles(resolve_waits),
+        agents={
+            agent: {column: load[column] for column in _AGENT_COLUMNS.values()}
+            for agent, load in sorted(agents.items())
+        },
+        satisfaction=Satisfaction(
+            answers=len(scores),
+            average=round(sum(scores) / len(scores), 2) if scores else 0.0,
+            scores={str(score): scores.count(score) for score in range(1, 6)},
+        ),
+        repeat_contacts=rate(sum(contact.repeat for contact in period)),
+        top_topics=Counter(topic for contact in period if (topic := contact.topic)).most_common(
+            TOP
+        ),
+        top_unanswered=unanswered,
+    )
+
+
+_AGENT_COLUMNS = {"claimed": "claimed", "agent_reply": "replies", "resolved": "resolved"}
+
+
+def _percentiles(values: Iterable[float]) -> Percentiles:
+    data = np.fromiter(values, dtype=float)
+    if not data.size:
+        return Percentiles(count=0, p50=None, p95=None)
+    p50, p95 = np.percentile(data, [50, 95])
+    return Percentiles(count=int(data.size), p50=round(float(p50), 3), p95=round(float(p95), 3))
