@@ -37,7 +37,7 @@ from brain.escalation import EscalationJudge, escalate
 from brain.intents import IntentReader
 from brain.knowledge import KnowledgeBase
 from brain.procedures import ProcedureEngine
-from brain.query import search_text
+from brain.query import clean, search_text
 from gateway.answering import Draft, Passage
 from gateway.message import (
     Action,
@@ -50,6 +50,11 @@ from gateway.message import (
 )
 
 log = structlog.get_logger(__name__)
+
+# What an intent may read a message as and still leave it to a matching procedure.
+PROCEDURES_TAKE = frozenset(
+    {Reason.ACCOUNT_ACTION, Reason.POLICY_RESTRICTED, Reason.LOW_CONFIDENCE}
+)
 
 
 def deadline_of(message: Inbound, config: BrainConfig, seconds: float | None = None) -> float:
@@ -131,16 +136,25 @@ class GroundedAnswerer(ABC):
                 reply=self._config.messages.empty_message,
             )
         earlier = [entry for entry in history if entry.message_id != message.id]
-        # Read from the text retrieval searched, whose vector the search left behind.
-        reading = await self._intents.read(search_text(message.content, earlier))
+        # The message's own intent, without the mail around it (a follow-up is searched with
+        # the turn before it; its intent is still its own).
+        reading = await self._intents.read(clean(message.content), searched=passages is not None)
         ruled = self._judge.before_answer(message.content, earlier, reading)
-        # A procedure does the account actions the rules would hand over; every other rule
-        # (a person asked for, upset, a reserved topic) ends a procedure under way and wins.
-        if self.procedures is not None and (ruled is None or ruled.reason is Reason.ACCOUNT_ACTION):
-            if (procedure := await self.procedures.handle(message, conversation)) is not None:
-                return procedure
-        elif self.procedures is not None:
-            self.procedures.abandon(conversation)
+        if self.procedures is not None:
+            # A procedure is the business's own way to do what would otherwise be handed
+            # over: an account action (by the rules or an intent), or a request an intent
+            # reads as a return or out of scope. The operator's other rules (a person asked
+            # for, upset, a reserved topic) and an intent for a person or upset win, and end a
+            # procedure under way.
+            by_rules = self._judge.before_answer(message.content, earlier)
+            intent = reading.fired
+            if (by_rules is None or by_rules.reason is Reason.ACCOUNT_ACTION) and (
+                intent is None or intent.reason in PROCEDURES_TAKE
+            ):
+                if (procedure := await self.procedures.handle(message, conversation)) is not None:
+                    return procedure
+            else:
+                self.procedures.abandon(conversation)
         if ruled is not None:
             return ruled
         if passages is None:

@@ -90,12 +90,17 @@ class IntentReader:
                     self._built[key] = await ExemplarIndex.build(exemplars, self._knowledge.embed)
                 self._index = self._built[key]
 
-    async def read(self, text: str) -> Reading:
-        """The intent of `text`, from the vector its search computed; nothing when the text
-        was not searched (retrieval timed out, the knowledge base is empty)."""
+    async def read(self, text: str, *, searched: bool = True) -> Reading:
+        """The intent of `text`, from the vector its search computed. ``searched``: retrieval
+        ran, for `text` or for a longer query (a follow-up is searched with the turn before
+        it, but its intent is its own): then a text without a vector is embedded now. When
+        retrieval did not run (it timed out, the knowledge base is empty), nothing is read:
+        no forward pass on a message already late."""
         if not self._config.enabled or not text.strip():
             return Reading()
         vector = self._knowledge.searched_vector(text)
+        if vector is None and searched:
+            vector = (await self._knowledge.embed([text]))[0]
         if vector is None:
             log.info("brain.intents_skipped", why="no search vector for the message")
             return Reading()

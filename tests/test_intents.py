@@ -245,12 +245,20 @@ async def test_the_intent_reuses_the_searchs_vector_and_exemplars_are_embedded_o
     assert embedder.embedded == [text]  # the search's forward pass, and no other
 
 
-async def test_a_text_not_searched_is_not_read(knowledge: KnowledgeBase) -> None:
+async def test_a_message_retrieval_did_not_search_is_not_read(knowledge: KnowledgeBase) -> None:
     reader = IntentReader(IntentsConfig(), knowledge)
-    assert (
-        await reader.read("I want to speak to someone else about a thing never searched")
-        == Reading()
-    )
+    text = "I want to speak to someone else about a thing never searched"
+    assert await reader.read(text, searched=False) == Reading()
+
+
+async def test_a_follow_up_searched_with_its_previous_turn_is_read_on_its_own(
+    knowledge: KnowledgeBase,
+) -> None:
+    """Retrieval searched "previous turn + this one"; the intent is this message's alone."""
+    reader = IntentReader(IntentsConfig(), knowledge)
+    await knowledge.search("I want to talk to a person\ncan I pause my subscription?")
+    reading = await reader.read("can I pause my subscription?")
+    assert reading.fired is None
 
 
 async def test_an_operators_regex_topic_escalates_whatever_the_intents_say(

@@ -288,8 +288,11 @@ async def test_a_failing_shop_escalates_as_tool_failed_with_the_call_on_the_card
         policy=runtime.pipeline._policy,
         channels=runtime.channels,
         results=TurnResults(runtime.bus),
-        texts=ReplyTexts(error="Broke.", holding="One moment.", no_agents="Email us."),
+        texts=ReplyTexts(
+            error="Broke.", holding="One moment.", no_agents="Email us.", wait="Checking."
+        ),
         relay=relay,
+        first_response=runtime.config.brain.deadline,
     )
     shop.shop.outage = True
     result = await pipeline.handle(
