@@ -185,7 +185,7 @@ async def test_turns_and_handoff_events_reach_the_archive_once(
         live = {kind: metrics.OUTCOMES.labels(kind, "rest") for kind in ("escalated", "resolved")}
         before = {kind: series._value.get() for kind, series in live.items()}
         async with Handoff.open(config, slack=slack) as gw, archiving(gw):
-            answered = await gw.ask("kim", "How do I descale my espresso machine?")
+            answered = await gw.ask("kim", "Can I pause my subscription?")
             await gw.ask("kim", ASK_FOR_A_PERSON)
             key = conversation_key("rest", "kim")
             reply = agent_event(InboundKind.AGENT_REPLY, key, DANA, DANA_NAME, "Hi, Dana here.")
@@ -241,7 +241,7 @@ async def test_a_database_that_is_down_delays_the_archive_and_loses_nothing(
     written = metrics.ARCHIVE_WRITTEN._value.get()
     async with Gateway.open(config, warm=True) as gw, archiving(gw):
         for n in range(5):
-            answer = await gw.ask(f"c{n}", "How do I descale my espresso machine?")
+            answer = await gw.ask(f"c{n}", "Can I pause my subscription?")
             assert answer["replies"]
         await until(lambda: metrics.ARCHIVE_FAILURES._value.get() > failures)
         queue = gw.runtime.archive_queue
