@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
 
 from brain.config import BrainConfig
 from brain.escalation import EscalationJudge, escalate
-from brain.intents import IntentReader
+from brain.intents import IntentReader, Reading
 from brain.knowledge import KnowledgeBase
 from brain.procedures import ProcedureEngine
 from brain.query import clean, search_text
@@ -136,9 +137,7 @@ class GroundedAnswerer(ABC):
                 reply=self._config.messages.empty_message,
             )
         earlier = [entry for entry in history if entry.message_id != message.id]
-        # The message's own intent, without the mail around it (a follow-up is searched with
-        # the turn before it; its intent is still its own).
-        reading = await self._intents.read(clean(message.content), searched=passages is not None)
+        reading = await self._read_intent(message.content, earlier, searched=passages is not None)
         ruled = self._judge.before_answer(message.content, earlier, reading)
         if self.procedures is not None:
             # A procedure is the business's own way to do what would otherwise be handed
@@ -168,6 +167,23 @@ class GroundedAnswerer(ABC):
         else:
             decision = await self.answer(message, earlier, passages, draft)
         return self._judge.after_answer(decision, conversation, reading)
+
+    async def _read_intent(
+        self, text: str, earlier: list[TranscriptEntry], *, searched: bool
+    ) -> Reading:
+        """The message's own intent, without the mail around it. A follow-up is searched with
+        the turn before it; what it asks for must read the same with that turn too, or it only
+        leans: "by when so I'm not charged?" after "can I skip a box?" is no dispute, and
+        "can I pause?" after a hand-off that ended is no request for a person."""
+        question = clean(text)
+        reading = await self._intents.read(question, searched=searched)
+        context = search_text(text, earlier)
+        if reading.fired is None or context == question:
+            return reading
+        with_context = await self._intents.read(context, searched=searched)
+        if with_context.fired is not None and with_context.fired.label == reading.fired.label:
+            return reading
+        return Reading(leaning=replace(reading.fired, fired=False))
 
     @abstractmethod
     async def answer(
