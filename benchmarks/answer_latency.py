@@ -35,6 +35,7 @@ import tempfile
 import time
 import timeit
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import jiter
@@ -47,7 +48,14 @@ from brain.config import BrainConfig, KnowledgeConfig  # noqa: E402
 from gateway.app.runtime import Runtime  # noqa: E402
 from gateway.app.settings import GatewayConfig  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
-from gateway.message import Action, Inbound, Reason, TurnResult, conversation_key  # noqa: E402
+from gateway.message import (  # noqa: E402
+    Action,
+    Inbound,
+    Reason,
+    TranscriptEntry,
+    TurnResult,
+    conversation_key,
+)
 from tests.fakes.anthropic_api import decision, simulated_reply  # noqa: E402
 
 QUESTIONS = (
@@ -156,10 +164,10 @@ def time_retrieval(runtime: Runtime) -> list[float]:
     seconds: list[float] = []
     retrieve = runtime.answerer.retrieve
 
-    async def timed(message: Inbound) -> object:
+    async def timed(message: Inbound, history: Sequence[TranscriptEntry] = ()) -> object:
         started = time.perf_counter()
         try:
-            return await retrieve(message)
+            return await retrieve(message, history)
         finally:
             seconds.append((time.perf_counter() - started) * 1000)
 
