@@ -199,6 +199,7 @@ async def test_a_retry_after_longer_than_the_budget_is_not_waited_for(
     claude.script(Status(429, retry_after=30))
     # min_confidence 1.0: the offline answer is never confident enough, so the bot holds.
     answerer = make_answerer(min_confidence=1.0)
+    await answerer.warm_up()  # the intents' exemplars are embedded now, as a process starts
     result, elapsed = await decide(answerer)
     assert result.action is Action.ESCALATE and result.reason is Reason.MODEL_UNAVAILABLE
     assert result.reply == answerer._config.messages.holding
