@@ -299,11 +299,15 @@ class KnowledgeBase:
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The texts' vectors in the collection's space (for exemplar matching); a text this
-        process searched for lately costs nothing, its search's vector is reused."""
+        process searched for or embedded lately costs nothing, its vector is reused (the
+        intents and a procedure's trigger read the same message)."""
         with self._query_vectors_lock:
             known = [self._query_vectors.get(text) for text in texts]
         missing = [text for text, vector in zip(texts, known, strict=True) if vector is None]
-        fresh = iter(await asyncio.to_thread(self._embed, missing) if missing else [])
+        computed = await asyncio.to_thread(self._embed, missing) if missing else None
+        if computed is not None:
+            self._remember_query_vectors(missing, computed)
+        fresh = iter(computed if computed is not None else [])
         rows = [vector if vector is not None else next(fresh) for vector in known]
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
 

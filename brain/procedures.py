@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from brain.escalation import escalate
 from brain.exemplars import Embed, ExemplarIndex
 from brain.procedure_config import END, TEMPLATES, ProcedureConfig, ProceduresSettings, Step, Text
+from brain.query import clean
 from brain.tools import Outcome, ToolBox, ToolResult
 from gateway.message import (
     TOOL_AUTHOR,
@@ -173,7 +174,9 @@ class ProcedureEngine:
         if not message.content:
             return None
         index = await self._trigger_index()
-        vector = (await self._embed([message.content]))[0]
+        # The question without the mail around it: the text retrieval and the intents read,
+        # whose vector is already computed.
+        vector = (await self._embed([clean(message.content)]))[0]
         best = next(iter(index.match(vector)), None)
         if (
             best is None
