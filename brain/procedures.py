@@ -9,21 +9,15 @@ same step. One procedure runs at a time; "never mind" ends it, and so does silen
 `brain.procedures.idle_timeout`.
 
 A tool that changes something runs only after the customer's next message confirms the exact
-action the bot described (the arguments are fixed when it asks). The call is recorded under
-the confirming message's dedupe key before it is made, so a redelivered or reclaimed
-confirmation replays the recorded outcome instead of acting again; a call whose outcome was
-never recorded (the worker died during it) is sent again only with the same idempotency key,
-which the API honours, else it is reported as failed for a person to check.
+action the bot described (the arguments are fixed when it asks), and once for that message
+however often it is delivered (`brain/ledger.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -33,21 +27,17 @@ from pydantic import BaseModel, Field
 
 from brain.escalation import escalate
 from brain.exemplars import Embed, ExemplarIndex
+from brain.ledger import CallLedger
 from brain.procedure_config import END, TEMPLATES, ProcedureConfig, ProceduresSettings, Step, Text
 from brain.query import clean
-from brain.tools import Outcome, ToolBox, ToolResult
 from gateway.message import (
-    TOOL_AUTHOR,
     Action,
     Conversation,
     Decision,
     Inbound,
     Reason,
-    Role,
-    TranscriptEntry,
     utcnow,
 )
-from gateway.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -115,14 +105,13 @@ class ProcedureEngine:
         procedures: Mapping[str, ProcedureConfig],
         settings: ProceduresSettings,
         *,
-        tools: ToolBox,
-        store: Store,
+        ledger: CallLedger,
         embed: Embed,
     ) -> None:
         self._procedures = dict(procedures)
         self._settings = settings
-        self._tools = tools
-        self._store = store
+        self._tools = ledger.tools
+        self._ledger = ledger
         self._embed = embed
         self._index: ExemplarIndex | None = None
         self._index_lock = asyncio.Lock()
@@ -308,7 +297,13 @@ class ProcedureEngine:
     ) -> Decision | None:
         """Call the step's tool and advance; an escalation when it failed."""
         assert step.call is not None
-        result = await self._recorded_call(step.call, arguments, state, message, conversation)
+        result = await self._ledger.call(
+            step.call,
+            arguments,
+            message=message,
+            conversation=conversation.key,
+            scope=f"{state.name}:{state.step}",
+        )
         if result.failed:
             state.step = -1
             return escalate(
@@ -320,44 +315,6 @@ class ProcedureEngine:
         state.results[step.save_as or step.call] = result.as_context()
         self._advance(state, self._procedures[state.name], step)
         return None
-
-    async def _recorded_call(
-        self,
-        tool: str,
-        arguments: dict[str, Any],
-        state: ProcedureState,
-        message: Inbound,
-        conversation: Conversation,
-    ) -> ToolResult:
-        change = self._tools.effect(tool) == "change"
-        record = f"tool:{conversation.key}:{message.dedupe_key}:{state.name}:{state.step}"
-        idempotency_key = hashlib.sha256(record.encode()).hexdigest()[:32]
-        if change:
-            saved = await self._store.saved_response(record)
-            if saved is not None:
-                done = json.loads(saved)
-                if "outcome" in done:  # this confirmation was acted on already
-                    log.info("tool.replayed", tool=tool)
-                    return ToolResult(**{**done, "outcome": Outcome(done["outcome"])})
-                if not self._tools.idempotent(tool):
-                    return ToolResult(
-                        tool,
-                        arguments,
-                        Outcome.FAILED,
-                        0.0,
-                        detail="an earlier attempt was cut off; whether it acted is unknown",
-                    )
-            await self._store.save_response(record, json.dumps({"started": True}))
-        result = await self._tools.call(
-            tool, arguments, identity=message.identity, idempotency_key=idempotency_key
-        )
-        await self._store.append(
-            conversation.key,
-            TranscriptEntry(role=Role.SYSTEM, author=TOOL_AUTHOR, text=result.describe()),
-        )
-        if change:
-            await self._store.save_response(record, json.dumps(asdict(result), default=str))
-        return result
 
     def _advance(
         self, state: ProcedureState, procedure: ProcedureConfig, step: Step, goto: str | None = None

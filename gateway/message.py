@@ -214,6 +214,17 @@ class Mode(StrEnum):
     HUMAN = "human"
 
 
+class ToolCallRecord(Model):
+    """One call to the business's API as the transcript keeps it (brain/tools.py): what
+    `gateway test` checks a turn called, and what the archive counts."""
+
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    outcome: str  # brain.tools.Outcome
+    status: int | None = None
+    latency_ms: float = 0.0
+
+
 class TranscriptEntry(Model):
     role: Role
     text: str
@@ -229,6 +240,8 @@ class TranscriptEntry(Model):
     # saw of this turn (a holding line, a first streamed sentence), and to the complete answer.
     first_response_ms: float | None = None
     latency_ms: float | None = None
+    # For the system entries of TOOL_AUTHOR: the call, structured (`text` describes it).
+    tool_call: ToolCallRecord | None = None
 
 
 class Conversation(BaseModel):

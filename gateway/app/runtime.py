@@ -23,6 +23,7 @@ from adapters.slack_console import open_console
 from brain.answerer import GroundedAnswerer
 from brain.claude import ClaudeAnswerer
 from brain.knowledge import KnowledgeBase
+from brain.ledger import CallLedger
 from brain.offline import OfflineAnswerer
 from brain.policy import PolicyGuard
 from brain.procedures import ProcedureEngine
@@ -92,8 +93,7 @@ class Runtime:
             self.answerer.procedures = ProcedureEngine(
                 config.procedures,
                 config.brain.procedures,
-                tools=self.tools,
-                store=self.store,
+                ledger=CallLedger(self.tools, self.store),
                 embed=self.knowledge.embed,
             )
         self.relay = self.open_relay()
