@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -38,6 +39,8 @@ class KnowledgeConfig(Section):
     # The embedder in a child process: its own GIL and core, away from the event loop's.
     embedder_process: bool = False
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    # Where `gateway kb drafts build` writes pages for review; unset: data_dir/kb-drafts.
+    drafts_dir: Path | None = None
 
 
 class BrainMessages(Section):

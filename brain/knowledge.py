@@ -297,15 +297,16 @@ class KnowledgeBase:
             self._batcher = asyncio.create_task(self._run_batches(), name="knowledge:search")
         return await answer
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(self, texts: Sequence[str], *, remember: bool = True) -> np.ndarray:
         """The texts' vectors in the collection's space (for exemplar matching); a text this
         process searched for or embedded lately costs nothing, its vector is reused (the
-        intents and a procedure's trigger read the same message)."""
+        intents and a procedure's trigger read the same message). `remember=False`: a batch
+        (the report's questions) that must not push the live messages' vectors out."""
         with self._query_vectors_lock:
             known = [self._query_vectors.get(text) for text in texts]
         missing = [text for text, vector in zip(texts, known, strict=True) if vector is None]
         computed = await asyncio.to_thread(self._embed, missing) if missing else None
-        if computed is not None:
+        if computed is not None and remember:
             self._remember_query_vectors(missing, computed)
         fresh = iter(computed if computed is not None else [])
         rows = [vector if vector is not None else next(fresh) for vector in known]

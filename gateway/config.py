@@ -185,6 +185,20 @@ class ArchiveConfig(Section):
     max_buffered: int = Field(
         default=100_000, ge=1, description="no Redis: events kept while the database is down"
     )
+    topic_similarity: float = Field(
+        default=0.35,
+        gt=0,
+        lt=1,
+        description="questions whose average cosine similarity reaches this form one topic "
+        "(the report's topics)",
+    )
+    question_similarity: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="gaps whose questions are this alike are one question: one knowledge-base "
+        "draft (stricter than a topic: one page answers one question)",
+    )
 
 
 class LoggingConfig(Section):

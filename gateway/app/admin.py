@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from gateway.app.archive_cli import parse_period
-from gateway.app.runtime import Runtime
+from gateway.app.runtime import Runtime, batch_embed
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.render import PAGE_POLICY, render_html
 from gateway.archive.report import build_report
@@ -28,6 +28,7 @@ class _ReportPage:
     def __init__(self, runtime: Runtime, archive: ArchiveDatabase, token: SecretStr) -> None:
         self._config = runtime.config.archive
         self._archive = archive
+        self._embed = batch_embed(runtime.knowledge)
         self._token = token.get_secret_value().encode()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -44,6 +45,8 @@ class _ReportPage:
             since=since,
             window=timedelta(seconds=self._config.resolution_window),
             repeat_window=timedelta(seconds=self._config.repeat_window),
+            embed=self._embed,
+            topic_similarity=self._config.topic_similarity,
         )
         if request.query.get("format") == "json":
             return web.json_response(text=report.model_dump_json())

@@ -110,25 +110,36 @@ def report(
         _print(figures)
 
 
-async def build(settings: GatewayConfig, since: timedelta) -> Report:
+async def checked_archive(settings: GatewayConfig) -> ArchiveDatabase:
+    """The archive, at the newest schema revision (else exit 2: run `gateway db upgrade`)."""
     from gateway.archive.migrate import current
-    from gateway.archive.report import build_report
 
     database = await _with_archive(settings)
+    revision, head = await current(database)
+    if revision != head:
+        await database.close()
+        console.print(f"[red]The archive is at revision {revision}[/red]: run `gateway db upgrade`")
+        raise typer.Exit(2)
+    return database
+
+
+async def build(settings: GatewayConfig, since: timedelta) -> Report:
+    from gateway.app.runtime import batch_embed, open_knowledge
+    from gateway.archive.report import build_report
+
+    database = await checked_archive(settings)
+    knowledge = open_knowledge(settings)
     try:
-        revision, head = await current(database)
-        if revision != head:
-            console.print(
-                f"[red]The archive is at revision {revision}[/red]: run `gateway db upgrade`"
-            )
-            raise typer.Exit(2)
         return await build_report(
             database,
             since=since,
             window=timedelta(seconds=settings.archive.resolution_window),
             repeat_window=timedelta(seconds=settings.archive.repeat_window),
+            embed=batch_embed(knowledge),
+            topic_similarity=settings.archive.topic_similarity,
         )
     finally:
+        knowledge.close()
         await database.close()
 
 

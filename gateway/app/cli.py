@@ -29,6 +29,7 @@ from rich.text import Text
 from adapters import CHANNELS
 from adapters.base import CheckFailed, CredentialCheck
 from gateway.app.archive_cli import db_app, erase, report
+from gateway.app.drafts_cli import drafts_app
 from gateway.app.settings import GatewayConfig, load_config
 from gateway.config import ConfigError
 from gateway.logs import configure_logging
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Support gateway: answers customers on every channel.", no_args_is_help=True)
 kb_app = typer.Typer(help="Manage the knowledge base.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+kb_app.add_typer(drafts_app, name="drafts")
 app.add_typer(db_app, name="db")
 app.command()(report)
 app.command()(erase)

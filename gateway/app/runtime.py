@@ -8,13 +8,14 @@ Chroma runs embedded under `data_dir` unless `knowledge.chroma_url` points at a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import structlog
 
@@ -47,6 +48,9 @@ from gateway.results import TurnResults
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+
+if TYPE_CHECKING:
+    from gateway.archive.clusters import Embed
 
 log = structlog.get_logger(__name__)
 
@@ -237,6 +241,12 @@ def open_knowledge(config: GatewayConfig) -> KnowledgeBase:
         embedder_process=config.knowledge.embedder_process,
         crawl=config.knowledge.crawl,
     )
+
+
+def batch_embed(knowledge: KnowledgeBase) -> Embed:
+    """The knowledge base's embedder for a batch (the report's questions, the drafts' gaps): its
+    vectors are not kept beside the live messages' ones."""
+    return functools.partial(knowledge.embed, remember=False)
 
 
 def open_archive(config: GatewayConfig) -> ArchiveDatabase:

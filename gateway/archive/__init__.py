@@ -51,7 +51,9 @@ class ArchiveEvent(Model):
     channel: str
     customer: str
     at: datetime
-    text: str = ""  # the customer's message (turns), the delivery failure's detail
+    # The customer's message (turns), an agent's reply, the agents' thread of an escalation
+    # (`channel:ts`), the delivery failure's detail.
+    text: str = ""
     agent: str | None = None  # agents' events
     decision: Decided | None = None  # turns
     score: int | None = None  # satisfaction, 1 to 5

@@ -3,6 +3,10 @@
 Hand-off events are read off the conversation's mode before and after the relay handled an
 agent's event or a timer, so the relay itself needs no archive calls: a claim that changed
 nothing (already claimed) or a stale timer records nothing.
+
+An agent's reply keeps its text (the event's `detail`), and an escalation the agents' thread it
+opened: a question the bot could not answer and the answer a person gave are what a
+knowledge-base draft is made of (gateway/archive/gaps.py).
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ class Recorder:
         )
         # The decision escalates only from the bot's mode: waiting now means a thread opened.
         if decision.action is Action.ESCALATE and conversation.mode is Mode.WAITING:
-            await self._put(_event(message, conversation, EventKind.ESCALATED, suffix="escalated"))
+            thread = _thread(conversation)
+            await self._put(
+                _event(message, conversation, EventKind.ESCALATED, suffix="escalated", text=thread)
+            )
 
     async def relay_event(self, message: Inbound, before: Mode, conversation: Conversation) -> None:
         """After the relay handled a non-customer event; `before` is the mode it found."""
@@ -73,7 +80,8 @@ class Recorder:
             )
         elif kind is not EventKind.AGENT_REPLY and before is after:
             return  # a second claim by the owner, a resolve of what the bot already has
-        await self._put(_event(message, conversation, kind, agent=agent))
+        text = message.content if kind is EventKind.AGENT_REPLY else ""
+        await self._put(_event(message, conversation, kind, agent=agent, text=text))
 
     async def _put(self, event: ArchiveEvent) -> None:
         """Never fails the turn: the reply matters more than its record."""
@@ -83,6 +91,13 @@ class Recorder:
         except Exception:
             log.exception("archive.enqueue_failed", kind=event.kind.value)
             metrics.ERRORS.labels("archive").inc()
+
+
+def _thread(conversation: Conversation) -> str:
+    """The agents' thread as `channel:ts` (the console's AgentThread.key); empty without one."""
+    if conversation.agent_thread_channel and conversation.agent_thread_ts:
+        return f"{conversation.agent_thread_channel}:{conversation.agent_thread_ts}"
+    return ""
 
 
 def _event(

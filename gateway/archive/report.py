@@ -1,7 +1,9 @@
 """The operator's report over a period: computed from the archive, as JSON-ready figures.
 
 Everything is counted per contact (see `gateway/archive/outcomes.py` for the definitions);
-confirmed and assumed resolutions are always reported apart.
+confirmed and assumed resolutions are always reported apart. The topics are the period's
+questions grouped by meaning (gateway/archive/clusters.py), when the report is given the
+embedder.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
+from gateway.archive.clusters import Embed, central, distinctive_terms, embed_all, group
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.outcomes import Contact, EventRow, Outcome, TurnRow, contacts
 from gateway.archive.schema import as_utc, events, satisfaction, turns
@@ -21,6 +24,9 @@ from gateway.archive.schema import as_utc, events, satisfaction, turns
 TOP = 10
 # Turns in which the bot could not answer (gateway.message's failed turns).
 UNANSWERED_REASONS = ("low_confidence", "model_unavailable", "repeated_failure", "pipeline_error")
+# Distinct questions clustered at most, the most asked first: the embedding is the cost.
+MAX_QUESTIONS = 2000
+EXAMPLES = 3
 
 
 class Percentiles(BaseModel):
@@ -40,6 +46,14 @@ class Satisfaction(BaseModel):
     scores: dict[str, int]  # "1" to "5" -> answers
 
 
+class Topic(BaseModel):
+    name: str  # its most distinctive words
+    terms: list[str]
+    questions: int  # customers' messages in the period
+    unanswered: int  # of them, the bot could not answer
+    examples: list[str]  # the most typical wording first, then the most asked
+
+
 class Report(BaseModel):
     since: datetime
     until: datetime
@@ -55,8 +69,9 @@ class Report(BaseModel):
     agents: dict[str, dict[str, int]]  # agent -> claimed, replies, resolved
     satisfaction: Satisfaction
     repeat_contacts: Rate
-    top_topics: list[tuple[str, int]]
+    top_topics: list[tuple[str, int]]  # the knowledge pages the answers drew on
     top_unanswered: list[tuple[str, int]]
+    topics: list[Topic] = []  # the questions by meaning, the most asked first
 
 
 async def build_report(
@@ -66,14 +81,69 @@ async def build_report(
     window: timedelta,
     repeat_window: timedelta,
     now: datetime | None = None,
+    embed: Embed | None = None,
+    topic_similarity: float = 0.35,
 ) -> Report:
+    """`embed`: the gateway's embedder, for the topics (none without it)."""
     until = now or datetime.now(UTC)
     start = until - since
     # Contacts that began before the period still count as the earlier contact of a repeat.
     turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start)
     every = contacts(turn_rows, event_rows, window=window, repeat_window=repeat_window, now=until)
     period = [contact for contact in every if contact.start >= start]
-    return _summarize(period, start, until, unanswered)
+    report = _summarize(period, start, until, unanswered)
+    if embed is not None:
+        questions = await _questions(database, start)
+        report.topics = await topics(questions, embed, similarity=topic_similarity)
+    return report
+
+
+async def _questions(database: ArchiveDatabase, start: datetime) -> list[tuple[str, int, int]]:
+    """The period's questions to the bot: (text, times asked, times unanswered), most asked
+    first; the same words in another case or spacing are one question."""
+    question = func.lower(func.trim(turns.c.text))
+    failed = func.sum(case((turns.c.reason.in_(UNANSWERED_REASONS), 1), else_=0))
+    async with database.engine.connect() as connection:
+        rows = await connection.execute(
+            select(question, func.count(), failed)
+            .where(turns.c.at >= start, turns.c.action != "human", question != "")
+            .group_by(question)
+            .order_by(func.count().desc(), question)
+            .limit(MAX_QUESTIONS)
+        )
+        return [(text, int(times), int(unanswered or 0)) for text, times, unanswered in rows]
+
+
+async def topics(
+    questions: list[tuple[str, int, int]], embed: Embed, *, similarity: float
+) -> list[Topic]:
+    """The `TOP` most asked topics of (text, times, unanswered) questions."""
+    if not questions:
+        return []
+    texts = [text for text, _, _ in questions]
+    vectors = await embed_all(embed, texts)
+    groups = sorted(
+        group(vectors, similarity=similarity),
+        key=lambda rows: -sum(questions[row][1] for row in rows),
+    )[:TOP]
+    terms = distinctive_terms(
+        [[texts[row] for row in rows] for rows in groups],
+        [[questions[row][1] for row in rows] for rows in groups],
+    )
+    found = []
+    for rows, words in zip(groups, terms, strict=True):
+        typical = central(vectors, rows)
+        asked = [typical, *(row for row in rows if row != typical)]  # rows: most asked first
+        found.append(
+            Topic(
+                name=" · ".join(words) or texts[typical],
+                terms=words,
+                questions=sum(questions[row][1] for row in rows),
+                unanswered=sum(questions[row][2] for row in rows),
+                examples=[texts[row] for row in asked[:EXAMPLES]],
+            )
+        )
+    return found
 
 
 async def _load(
