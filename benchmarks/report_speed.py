@@ -1,6 +1,8 @@
 """How long the report takes over a large archive: 100,000 conversations in the last week
 (about 3.5 rows each: turns, hand-off events, satisfaction answers), then `build_report` and
-the HTML rendering, timed a few times.
+the HTML rendering, timed a few times. The report's topics embed the period's most asked
+questions (at most `MAX_QUESTIONS` distinct ones) with the default embedder, as `gateway report`
+does; `--no-topics` leaves them out.
 
     python benchmarks/report_speed.py                     # SQLite in a temporary folder
     python benchmarks/report_speed.py --database-url postgresql://user@host/db   # an empty db
@@ -21,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from brain.knowledge import KnowledgeBase  # noqa: E402
+from gateway.app.runtime import batch_embed  # noqa: E402
 from gateway.archive import ArchiveEvent, Decided, EventKind  # noqa: E402
 from gateway.archive.database import ArchiveDatabase, database_url  # noqa: E402
 from gateway.archive.migrate import upgrade  # noqa: E402
@@ -70,7 +74,7 @@ def conversation_events(n: int, now: datetime, rng: random.Random) -> list[Archi
                 "t2",
                 EventKind.TURN,
                 at,
-                text=f"odd question {rng.randrange(500)}",
+                text=f"odd question {rng.randrange(5000)}",
                 decision=escalate,
             ),
             event("e1", EventKind.ESCALATED, at),
@@ -109,8 +113,12 @@ async def main() -> None:
     parser.add_argument("--conversations", type=int, default=100_000)
     parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-topics", action="store_true", help="the report without its topics")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        knowledge = KnowledgeBase(Path(tmp))
+        knowledge.warm_up()  # the embedder's loading is not the report's
+        embed = None if args.no_topics else batch_embed(knowledge)
         database = ArchiveDatabase(database_url(args.database_url, Path(tmp)))
         await upgrade(database)
         now, rng = datetime.now(UTC), random.Random(1)
@@ -135,6 +143,7 @@ async def main() -> None:
                 since=timedelta(days=7),
                 window=timedelta(days=1),
                 repeat_window=timedelta(days=7),
+                embed=embed,
             )
             timings.append(time.perf_counter() - started)
             started = time.perf_counter()
@@ -142,6 +151,7 @@ async def main() -> None:
             renders.append(time.perf_counter() - started)
             cpu.append(time.process_time() - used)
         await database.close()
+        knowledge.close()
     print(
         f"report over {report.contacts:,} contacts ({report.messages:,} messages): "
         f"build p50 {statistics.median(timings):.2f} s "
@@ -155,6 +165,7 @@ async def main() -> None:
         " (the wall time above includes waiting for the cores other processes hold)"
     )
     print(f"outcomes {report.outcomes}; repeats {report.repeat_contacts.count}")
+    print(f"topics: {[(topic.name, topic.questions) for topic in report.topics[:5]]}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from pydantic import SecretStr
 
+from brain.config import BrainConfig
 from brain.embedder import Embedder
+from brain.topic_names import TOOL_NAME, ClaudeTopicNamer
 from gateway.archive import ArchiveEvent
 from gateway.archive.clusters import Embed, distinctive_terms, embed_all, group
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.migrate import upgrade
 from gateway.archive.render import render_html
-from gateway.archive.report import build_report
+from gateway.archive.report import NameTopics, Report, build_report
 from gateway.message import Action, Reason
+from tests.fakes.anthropic_api import API_KEY, FakeAnthropic, ToolCall
 from tests.test_report import DAY, NOW, WINDOW, turn
 
 SIMILARITY = 0.35  # archive.topic_similarity's default
@@ -73,15 +77,13 @@ def test_a_topic_is_named_by_the_words_that_set_it_apart() -> None:
     assert distinctive_terms([["hi", "thanks!!"]]) == [[]]
 
 
-async def test_the_report_lists_the_periods_topics_most_asked_first(
-    embedder: Embedder, tmp_path: Path
-) -> None:
+async def questions_archive(tmp_path: Path) -> ArchiveDatabase:
+    """Nine questions about parcels the bot answered, three about a grinder it could not."""
     database = ArchiveDatabase(f"sqlite+aiosqlite:///{tmp_path / 'archive.sqlite3'}")
     await upgrade(database)
+    asked = ASKED["parcel"] * 3 + ASKED["grinder"] + ["the burr grinder is jammed"]
     events: list[ArchiveEvent] = []
-    for n, text in enumerate(
-        ASKED["parcel"] * 3 + ASKED["grinder"] + ["the burr grinder is jammed"]
-    ):
+    for n, text in enumerate(asked):
         unanswered = "grinder" in text
         events.append(
             turn(
@@ -93,8 +95,14 @@ async def test_the_report_lists_the_periods_topics_most_asked_first(
             )
         )
     await database.write(events)
+    return database
+
+
+async def report_of(
+    database: ArchiveDatabase, embedder: Embedder, name_topics: NameTopics | None = None
+) -> Report:
     try:
-        report = await build_report(
+        return await build_report(
             database,
             since=7 * DAY,
             window=WINDOW,
@@ -102,9 +110,16 @@ async def test_the_report_lists_the_periods_topics_most_asked_first(
             now=NOW,
             embed=embedding(embedder),
             topic_similarity=SIMILARITY,
+            name_topics=name_topics,
         )
     finally:
         await database.close()
+
+
+async def test_the_report_lists_the_periods_topics_most_asked_first(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    report = await report_of(await questions_archive(tmp_path), embedder)
     parcel, grinder = report.topics
     assert (parcel.questions, parcel.unanswered) == (9, 0)
     assert (grinder.questions, grinder.unanswered) == (3, 3)
@@ -113,3 +128,28 @@ async def test_the_report_lists_the_periods_topics_most_asked_first(
     assert set(parcel.examples) == set(ASKED["parcel"])
     page = render_html(report)
     assert grinder.name in page and "my order still hasnt arrived" in page
+
+
+async def test_with_claude_a_topic_gets_a_short_name_and_keeps_its_words(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    async with FakeAnthropic() as claude:
+        config = BrainConfig(anthropic_api_key=SecretStr(API_KEY), anthropic_base_url=claude.url)
+        named = ToolCall(name=TOOL_NAME, input={"names": ["Late parcels", "Jammed grinders"]})
+        claude.script(named, ToolCall(name=TOOL_NAME, input={"names": ["Only one"]}))
+        report = await report_of(
+            await questions_archive(tmp_path), embedder, ClaudeTopicNamer(config)
+        )
+        (tmp_path / "again").mkdir()
+        unnamed = await report_of(
+            await questions_archive(tmp_path / "again"), embedder, ClaudeTopicNamer(config)
+        )
+        request = claude.requests[0].body
+    assert [topic.name for topic in report.topics] == ["Late parcels", "Jammed grinders"]
+    assert "grinder" in report.topics[1].terms
+    assert request["tool_choice"] == {"type": "tool", "name": TOOL_NAME}
+    assert "the burr grinder is jammed" in request["messages"][0]["content"]
+    # A reply that does not name every topic leaves the words.
+    assert [topic.name for topic in unnamed.topics] == [
+        " · ".join(topic.terms) for topic in unnamed.topics
+    ]

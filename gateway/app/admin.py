@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from gateway.app.archive_cli import parse_period
-from gateway.app.runtime import Runtime, batch_embed
+from gateway.app.runtime import Runtime, batch_embed, topic_namer
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.render import PAGE_POLICY, render_html
 from gateway.archive.report import build_report
@@ -29,6 +29,7 @@ class _ReportPage:
         self._config = runtime.config.archive
         self._archive = archive
         self._embed = batch_embed(runtime.knowledge)
+        self._name_topics = topic_namer(runtime.config)
         self._token = token.get_secret_value().encode()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -47,6 +48,7 @@ class _ReportPage:
             repeat_window=timedelta(seconds=self._config.repeat_window),
             embed=self._embed,
             topic_similarity=self._config.topic_similarity,
+            name_topics=self._name_topics,
         )
         if request.query.get("format") == "json":
             return web.json_response(text=report.model_dump_json())

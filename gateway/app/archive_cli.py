@@ -124,7 +124,7 @@ async def checked_archive(settings: GatewayConfig) -> ArchiveDatabase:
 
 
 async def build(settings: GatewayConfig, since: timedelta) -> Report:
-    from gateway.app.runtime import batch_embed, open_knowledge
+    from gateway.app.runtime import batch_embed, open_knowledge, topic_namer
     from gateway.archive.report import build_report
 
     database = await checked_archive(settings)
@@ -137,6 +137,7 @@ async def build(settings: GatewayConfig, since: timedelta) -> Report:
             repeat_window=timedelta(seconds=settings.archive.repeat_window),
             embed=batch_embed(knowledge),
             topic_similarity=settings.archive.topic_similarity,
+            name_topics=topic_namer(settings),
         )
     finally:
         knowledge.close()

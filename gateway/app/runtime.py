@@ -51,6 +51,7 @@ from gateway.store.redis import RedisStore
 
 if TYPE_CHECKING:
     from gateway.archive.clusters import Embed
+    from gateway.archive.report import NameTopics
 
 log = structlog.get_logger(__name__)
 
@@ -247,6 +248,15 @@ def batch_embed(knowledge: KnowledgeBase) -> Embed:
     """The knowledge base's embedder for a batch (the report's questions, the drafts' gaps): its
     vectors are not kept beside the live messages' ones."""
     return functools.partial(knowledge.embed, remember=False)
+
+
+def topic_namer(config: GatewayConfig) -> NameTopics | None:
+    """Claude's short names for the report's topics, when a key is set."""
+    if config.brain.anthropic_api_key is None:
+        return None
+    from brain.topic_names import ClaudeTopicNamer
+
+    return ClaudeTopicNamer(config.brain)
 
 
 def open_archive(config: GatewayConfig) -> ArchiveDatabase:

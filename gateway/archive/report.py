@@ -9,7 +9,7 @@ embedder.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -47,11 +47,15 @@ class Satisfaction(BaseModel):
 
 
 class Topic(BaseModel):
-    name: str  # its most distinctive words
+    name: str  # its most distinctive words, or a short name from Claude
     terms: list[str]
     questions: int  # customers' messages in the period
     unanswered: int  # of them, the bot could not answer
     examples: list[str]  # the most typical wording first, then the most asked
+
+
+# Short human names for topics (brain/topic_names.py, with Claude); None keeps the words.
+NameTopics = Callable[[Sequence[Topic]], Awaitable[Sequence[str] | None]]
 
 
 class Report(BaseModel):
@@ -83,8 +87,10 @@ async def build_report(
     now: datetime | None = None,
     embed: Embed | None = None,
     topic_similarity: float = 0.35,
+    name_topics: NameTopics | None = None,
 ) -> Report:
-    """`embed`: the gateway's embedder, for the topics (none without it)."""
+    """`embed`: the gateway's embedder, for the topics (none without it); `name_topics`: short
+    names for them (else their distinctive words)."""
     until = now or datetime.now(UTC)
     start = until - since
     # Contacts that began before the period still count as the earlier contact of a repeat.
@@ -95,6 +101,10 @@ async def build_report(
     if embed is not None:
         questions = await _questions(database, start)
         report.topics = await topics(questions, embed, similarity=topic_similarity)
+    if name_topics is not None and report.topics:
+        names = await name_topics(report.topics)
+        for topic, name in zip(report.topics, names or (), strict=False):
+            topic.name = name
     return report
 
 
