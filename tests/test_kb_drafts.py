@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
+from brain.embedder import Embedder
 from brain.knowledge import KnowledgeBase
 from gateway.app.cli import app
 from gateway.app.settings import GatewayConfig
 from gateway.archive import ArchiveEvent, EventKind
 from gateway.archive.database import ArchiveDatabase, database_url
-from gateway.archive.drafts import REVIEW_MARK, DraftFolder
-from gateway.archive.gaps import find_gaps
+from gateway.archive.drafts import REVIEW_MARK, DraftError, DraftFolder, build_drafts
+from gateway.archive.gaps import Gap, find_gaps
 from gateway.archive.migrate import upgrade
 from gateway.archive.schema import events
 from gateway.message import Action, InboundKind, Reason, conversation_key
@@ -31,6 +32,7 @@ from tests.harness import Gateway
 from tests.test_archive import archiving
 from tests.test_handoff import DANA, DANA_NAME, LEE, LEE_NAME, Handoff, agent_event, handoff_config
 from tests.test_report import DAY, NOW, happened, turn
+from tests.test_topics import embedding
 
 COMPOST = "are your bags compostable"
 COMPOST_AGAIN = "is the packaging compostable or does it go in the bin"
@@ -40,6 +42,7 @@ DANA_SAYS = (
     "Yes: our coffee bags are certified home compostable. Cut off the valve, empty the bag and "
     "put it in your compost bin; it breaks down within six months."
 )
+SAME_QUESTION = 0.5  # archive.question_similarity's default
 NO_SHOP = "We only sell online for now, but we deliver across the UK."
 
 
@@ -170,6 +173,39 @@ async def test_a_gap_is_an_unanswered_question_an_agent_answered(
         "C0ESCALATE:1.000001",
     )
     assert gap.answer == "Yes, they are.\n\nIn a home compost bin." and gap.agents == ["Dana"]
+
+
+async def test_a_question_asked_like_a_decided_draft_is_not_drafted_again(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    folder = DraftFolder(tmp_path / "drafts")
+
+    def gap(turn_id: str, question: str) -> Gap:
+        customer = f"c-{turn_id}"
+        return Gap(
+            conversation_key("rest", customer),
+            "rest",
+            customer,
+            NOW,
+            [turn_id],
+            [question],
+            ["An answer."],
+        )
+
+    embed = embedding(embedder)
+    first = await build_drafts(folder, [gap("t1", COMPOST)], embed, similarity=SAME_QUESTION)
+    (draft,) = first.written
+    folder.reject(draft.id)
+    later = [gap("t2", COMPOST_AGAIN), gap("t3", SHOP)]  # new conversations, one asked alike
+    second = await build_drafts(folder, later, embed, similarity=SAME_QUESTION)
+    assert [d.questions for d in second.written] == [[SHOP]] and second.covered == 1
+    assert [d.decision for d in folder.decisions()] == ["rejected"]
+
+    # A reviewer who deleted the review line would publish the customers' words: refused.
+    path = folder.path / f"{second.written[0].id}.md"
+    path.write_text(path.read_text().replace(REVIEW_MARK, ""))
+    with pytest.raises(DraftError, match="review line"):
+        folder.accept(second.written[0].id, tmp_path / "knowledge")
 
 
 def test_a_draft_cannot_be_accepted_without_a_knowledge_folder(tmp_path: Path) -> None:

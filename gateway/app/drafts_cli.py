@@ -63,6 +63,8 @@ def build(
         f"{built.covered} answered question(s) already drafted, accepted or rejected",
         soft_wrap=True,
     )
+    if built.left:
+        console.print(f"{built.left} more left for the next build", soft_wrap=True)
 
 
 async def _build(settings: GatewayConfig, since: datetime) -> Built:

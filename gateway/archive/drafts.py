@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -26,6 +27,7 @@ from gateway.archive.gaps import Gap
 
 REVIEW_MARK = "<!-- review: everything below is removed when the draft is accepted -->"
 DECISIONS = "decisions.jsonl"
+MAX_GAPS = 2000  # drafted per build at most (the clustering's memory grows with the square)
 _FRONT = re.compile(r"\A---\n(.*?)\n---\n(.*)\Z", re.DOTALL)
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,80}")
 
@@ -103,31 +105,41 @@ def new_draft(gaps: list[Gap], title: str) -> Draft:
 class Built:
     written: list[Draft]
     covered: int  # answered gaps already drafted, accepted or rejected
+    left: int = 0  # gaps past `MAX_GAPS`, for the next build
 
 
 async def build_drafts(
     folder: DraftFolder, gaps: list[Gap], embed: Embed, *, similarity: float
 ) -> Built:
-    """One draft per group of `gaps` that asked the same, written into `folder`; a gap asked
-    like a question of a draft waiting for review, accepted or rejected is covered by it."""
+    """One draft per group of `gaps` (oldest first) that asked the same, written into `folder`.
+
+    A gap whose question is on average at least `similarity` like the questions of a draft
+    waiting for review, or of one accepted or rejected, is covered by it, as a gap joins a group
+    (average linkage): compared with each record apart, so the records that pile up over the
+    months cost a matrix product, not a place in the clustering.
+    """
     known: list[Draft | Decision] = [*folder.drafts(), *folder.decisions()]
     seen = {turn for record in known for turn in record.turns}
     fresh = [gap for gap in gaps if not seen.intersection(gap.turns)]
-    if not fresh:
-        return Built([], len(gaps))
-    known_questions = [question for record in known for question in record.questions]
-    texts = known_questions + [" ".join(gap.questions) for gap in fresh]
-    vectors = await embed_all(embed, texts)
+    left = max(len(fresh) - MAX_GAPS, 0)
+    fresh = fresh[:MAX_GAPS]
+    vectors = await embed_all(embed, [" ".join(gap.questions) for gap in fresh])
+    if fresh and known:
+        asked = await embed_all(embed, [q for record in known for q in record.questions])
+        owner = np.repeat(np.arange(len(known)), [len(record.questions) for record in known])
+        membership = np.zeros((len(owner), len(known)))
+        membership[np.arange(len(owner)), owner] = 1.0
+        # Each gap's average similarity to each record's questions.
+        likeness = (vectors @ asked.T) @ membership / np.maximum(membership.sum(axis=0), 1)
+        kept = np.flatnonzero(likeness.max(axis=1) < similarity).tolist()
+        fresh, vectors = [fresh[row] for row in kept], vectors[kept]
     written = []
     for rows in group(vectors, similarity=similarity):
-        if min(rows) < len(known_questions):
-            continue  # asked like a question already drafted or decided
-        members = [fresh[row - len(known_questions)] for row in rows]
-        typical = fresh[central(vectors, rows) - len(known_questions)]
-        draft = new_draft(members, typical.questions[0])
+        draft = new_draft([fresh[row] for row in rows], fresh[central(vectors, rows)].questions[0])
         folder.write(draft)
         written.append(draft)
-    return Built(written, len(gaps) - sum(len(d.conversations) for d in written))
+    drafted = sum(len(draft.conversations) for draft in written)
+    return Built(written, len(gaps) - left - drafted, left)
 
 
 class DraftFolder:
@@ -224,6 +236,9 @@ def _parse(draft_id: str, text: str) -> Draft:
     match = _FRONT.match(text)
     if match is None:
         raise DraftError(f"draft {draft_id!r}: no front matter (--- ... ---) at the top")
+    if REVIEW_MARK not in match.group(2):
+        # Without it, the customers' words and conversation keys would go into the page.
+        raise DraftError(f"draft {draft_id!r}: the review line is gone; put back {REVIEW_MARK}")
     page = match.group(2).split(REVIEW_MARK, 1)[0].strip()
     title, _, answer = page.partition("\n")
     if not title.startswith("# ") or not answer.strip():

@@ -60,18 +60,20 @@ class _Happened:
 
 async def find_gaps(database: ArchiveDatabase, since: datetime) -> list[Gap]:
     """The answered gaps that opened since `since`, oldest first."""
+    unanswered = (turns.c.at >= since) & turns.c.reason.in_(GAP_REASONS)
     async with database.engine.connect() as connection:
         asked = [
             _Asked(row.id, row.conversation, row.channel, row.customer, as_utc(row.at), row.text)
-            for row in await connection.execute(
-                select(turns).where(turns.c.at >= since, turns.c.reason.in_(GAP_REASONS))
-            )
+            for row in await connection.execute(select(turns).where(unanswered))
         ]
         timelines: dict[str, list[_Asked | _Happened]] = {}
         for question in asked:
             timelines.setdefault(question.conversation, []).append(question)
         happened = await connection.execute(
-            select(events).where(events.c.conversation.in_(timelines), events.c.at >= since)
+            select(events).where(
+                events.c.conversation.in_(select(turns.c.conversation).where(unanswered)),
+                events.c.at >= since,
+            )
         )
         for row in happened:
             timelines[row.conversation].append(
