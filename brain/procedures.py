@@ -25,6 +25,7 @@ import jmespath
 import structlog
 from pydantic import BaseModel, Field
 
+from brain.confirmation import abandons, confirms
 from brain.escalation import escalate
 from brain.exemplars import Embed, ExemplarIndex
 from brain.ledger import CallLedger
@@ -46,32 +47,6 @@ NOT_A_PROCEDURE = ""
 MAX_STEPS_PER_TURN = 50  # a goto loop in a procedure ends here instead of spinning
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _INTEGER = re.compile(r"-?\d+")
-_WORDS = re.compile(r"[\w']+")
-# A confirmation must be unambiguous: only a clear yes at the start of the reply counts, and
-# a negation anywhere cancels it; everything else is "not confirmed". A word list (rather
-# than the embedder, which puts "yes" and "no" close together) keeps that predictable.
-_YES = frozenset(
-    "yes y yeah yep yup sure ok okay confirm confirmed correct right please go "
-    "ja jawohl jep genau klar gerne bitte richtig korrekt bestätigt "
-    "oui si sí sim tak da".split()
-)
-_NO = frozenset("no not don't dont nope nah nein nicht kein keine non pas nada".split())
-_ABANDON = (
-    "never mind",
-    "nevermind",
-    "stop",
-    "forget it",
-    "cancel that",
-    "quit",
-    "vergiss es",
-    "egal",
-    "abbrechen",
-    "stopp",
-    "lass gut sein",
-    "schon gut",
-    "laisse tomber",
-    "olvídalo",
-)
 
 
 class ProcedureState(BaseModel):
@@ -87,16 +62,6 @@ class ProcedureState(BaseModel):
     pending: dict[str, Any] | None = None  # the exact arguments the customer is confirming
     opening: str = ""  # the message that started it: it may already hold a slot's value
     updated_at: datetime = Field(default_factory=utcnow)
-
-
-def confirms(text: str) -> bool:
-    words = _WORDS.findall(text.lower())
-    return bool(words) and words[0] in _YES and not _NO.intersection(words)
-
-
-def abandons(text: str) -> bool:
-    flat = " ".join(_WORDS.findall(text.lower()))
-    return any(flat == phrase or flat.startswith(phrase + " ") for phrase in _ABANDON)
 
 
 class ProcedureEngine:

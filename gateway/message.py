@@ -244,6 +244,15 @@ class TranscriptEntry(Model):
     tool_call: ToolCallRecord | None = None
 
 
+class PendingAction(Model):
+    """A change to the customer's account the model asked for: done, exactly as recorded here,
+    only if the customer's next message confirms it."""
+
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    asked_at: datetime = Field(default_factory=utcnow)
+
+
 class Conversation(BaseModel):
     """Mutable state of one conversation; the transcript is stored beside it, append-only."""
 
@@ -273,6 +282,8 @@ class Conversation(BaseModel):
     pinged: bool = False  # the escalation channel was pinged about this unclaimed wait
     # The procedure under way (brain/procedures.py's state), so any worker resumes its step.
     procedure: dict[str, Any] = Field(default_factory=dict)
+    # An action the model asked to take, waiting for the customer's confirmation (brain/claude.py).
+    pending_action: PendingAction | None = None
 
 
 class TurnResult(Model):

@@ -9,7 +9,9 @@ answerer as the `Draft` its reply is written into. Before the turn ends the cust
   that breaks the policy releases nothing more: `wait_for` stops the answerer, and the
   pipeline's policy escalation replaces what was shown;
 - a holding line ("One moment…"), when the answer is being worked out (`wait_for`) and nothing
-  was released by the first-response deadline: a message of its own, recorded as the turn's
+  was released by the first-response deadline, or earlier, when the answerer knows a step it
+  has just begun will outlast that deadline (`hold`: "Let me check that for you…" as a tool
+  call starts): a message of its own, recorded as the turn's
   first part (`TranscriptEntry.holding`), so a worker that takes the message over after a
   crash does not say it again. A message that reaches the answerer past that deadline already
   (a backlog, a cold start's first search) is answered as soon as it can be, without one.
@@ -118,6 +120,11 @@ class LiveReply:
             self._pump = asyncio.create_task(self._push())
         self._more.set()
 
+    def hold(self, text: str) -> None:
+        if self._wait is None or self._holding is not None:
+            return  # said already (before a crash, or just now)
+        self._hold(text)
+
     async def wait_for(self, work: Awaitable[T]) -> T | None:
         """What `work` (whatever works out the reply) returns, the holding line said meanwhile
         at the first-response deadline if nothing was shown by then; None, `work` cancelled,
@@ -125,7 +132,7 @@ class LiveReply:
         is not worth waiting for."""
         left = self._first_response - (utcnow() - self._received_at).total_seconds()
         if self._wait is not None and left > 0 and self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(left, self._hold)
+            self._hold_timer = asyncio.get_running_loop().call_later(left, self._hold, self._wait)
         task = asyncio.ensure_future(work)
         blocked = asyncio.create_task(self._blocked.wait())
         try:
@@ -212,10 +219,12 @@ class LiveReply:
             self._shown += chunk
             self._shown_now()
 
-    def _hold(self) -> None:
-        if self._released or self._closed or self._wait is None:
+    def _hold(self, text: str) -> None:
+        if self._released or self._closed or self._holding is not None:
             return
-        self._holding = asyncio.create_task(self._say_holding(self._wait))
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._holding = asyncio.create_task(self._say_holding(text))
 
     async def _say_holding(self, text: str) -> None:
         line = self._reply.model_copy(update={"text": text})

@@ -15,8 +15,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from adapters.slack_console import card_blocks
-from brain.procedures import abandons, confirms
-from gateway.config import HandoffConfig
+from brain.confirmation import abandons, confirms
 from gateway.console import EscalationCard
 from gateway.message import (
     TOOL_AUTHOR,
@@ -25,12 +24,8 @@ from gateway.message import (
     Role,
     conversation_key,
 )
-from gateway.pipeline import Pipeline, ReplyTexts
-from gateway.relay import Relay
-from gateway.results import TurnResults
-from tests.fakes.recording import RecordingConsole
 from tests.harness import Gateway
-from tests.shop import RunningShop, running_shop, shop_config, signed
+from tests.shop import RunningShop, pipeline_with_console, running_shop, shop_config, signed
 
 
 @pytest.fixture
@@ -273,27 +268,7 @@ async def test_a_confirmation_handled_twice_by_the_engine_acts_once(
 async def test_a_failing_shop_escalates_as_tool_failed_with_the_call_on_the_card(
     gateway: Gateway, shop: RunningShop
 ) -> None:
-    runtime = gateway.runtime
-    console = RecordingConsole()
-    relay = Relay(
-        console=console,
-        store=runtime.store,
-        bus=runtime.bus,
-        channels=runtime.channels,
-        config=HandoffConfig(escalation_channel="C0AGENTS"),
-    )
-    pipeline = Pipeline(
-        store=runtime.store,
-        answerer=runtime.answerer,
-        policy=runtime.pipeline._policy,
-        channels=runtime.channels,
-        results=TurnResults(runtime.bus),
-        texts=ReplyTexts(
-            error="Broke.", holding="One moment.", no_agents="Email us.", wait="Checking."
-        ),
-        relay=relay,
-        first_response=runtime.config.brain.deadline,
-    )
+    pipeline, console = pipeline_with_console(gateway.runtime)
     shop.shop.outage = True
     result = await pipeline.handle(
         Inbound(

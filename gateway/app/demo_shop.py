@@ -60,7 +60,8 @@ class Subscription:
 @dataclass
 class Shop:
     """The shop's state; tests read `actions` (every change made) and `requested` (every change
-    asked for), and set `outage` and `delay`."""
+    asked for) and `peak_calls` (the most calls in flight at once), and set `outage`, `delay`
+    and `latency`."""
 
     customers: list[Customer]
     orders: dict[str, Order]
@@ -70,6 +71,9 @@ class Shop:
     requested: list[str | None] = field(default_factory=list)  # each change's Idempotency-Key
     outage: bool = False  # every call answers 503
     delay: float = 0.0  # seconds each change waits before it is made
+    latency: float = 0.0  # seconds every call takes before it is handled (a slow API)
+    peak_calls: int = 0
+    _in_flight: int = 0
     _replies: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
     def app(self) -> web.Application:
@@ -90,10 +94,17 @@ class Shop:
 
     @web.middleware
     async def _outages(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.outage:
-            return web.json_response({"error": "service unavailable"}, status=503)
-        response: web.StreamResponse = await handler(request)
-        return response
+        self._in_flight += 1
+        self.peak_calls = max(self.peak_calls, self._in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if self.outage:
+                return web.json_response({"error": "service unavailable"}, status=503)
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            self._in_flight -= 1
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -88,12 +88,13 @@ class Runtime:
         self.channels = self.open_channels(context)
         self.tools = ToolBox(config.tools, config.connections)
         self.demo_shop = seeded_shop() if config.demo.shop else None
-        self.answerer = open_answerer(config, self.knowledge)
+        ledger = CallLedger(self.tools, self.store)
+        self.answerer = open_answerer(config, self.knowledge, ledger)
         if config.procedures and isinstance(self.answerer, GroundedAnswerer):
             self.answerer.procedures = ProcedureEngine(
                 config.procedures,
                 config.brain.procedures,
-                ledger=CallLedger(self.tools, self.store),
+                ledger=ledger,
                 embed=self.knowledge.embed,
             )
         self.relay = self.open_relay()
@@ -220,11 +221,12 @@ class Runtime:
         )
 
 
-def open_answerer(config: GatewayConfig, knowledge: KnowledgeBase) -> Answerer:
+def open_answerer(config: GatewayConfig, knowledge: KnowledgeBase, ledger: CallLedger) -> Answerer:
     """Claude when an Anthropic API key is set (the offline answerer is its fallback), else
-    the offline answerer alone."""
+    the offline answerer alone. Claude is offered the configured tools; offline, only
+    procedures call them."""
     if config.brain.anthropic_api_key is not None:
-        return ClaudeAnswerer(knowledge, config.brain)
+        return ClaudeAnswerer(knowledge, config.brain, ledger)
     return OfflineAnswerer(knowledge, config.brain)
 
 
