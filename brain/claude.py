@@ -105,17 +105,23 @@ class ClaudeAnswerer(GroundedAnswerer):
             max_retries=0,  # retried below, within the deadline
             timeout=config.answer_time,
         )
-        self._ledger = ledger if ledger is not None and ledger.tools.schemas() else None
-        self._tools: list[ToolParam] = [
-            *(
-                ToolParam(**schema)  # type: ignore[typeddict-item]
-                for schema in (self._ledger.tools.schemas() if self._ledger else [])
-            ),
-            DECISION_TOOL,  # last: its cache breakpoint caches the business's tools too
-        ]
+        self._ledger = ledger
+        self._offer: list[ToolParam] | None = None  # built on first use: see `_offered`
 
     async def close(self) -> None:
         await self._client.close()
+
+    def _offered(self) -> list[ToolParam]:
+        """What the model may call besides the decision: the business's tools and, with
+        procedures configured, one to start a procedure. Built on first use (the runtime sets
+        `procedures` after the constructor), then the same on every request, as the prompt
+        cache needs."""
+        if self._offer is None:
+            schemas = self._ledger.tools.schemas() if self._ledger is not None else []
+            self._offer = [ToolParam(**schema) for schema in schemas]  # type: ignore[typeddict-item]
+            if self.procedures is not None and (procedures := self.procedures.describe()):
+                self._offer.append(start_procedure_tool(procedures))
+        return self._offer
 
     async def answer(
         self,
@@ -164,6 +170,11 @@ class ClaudeAnswerer(GroundedAnswerer):
             )
             if isinstance(uses, Decision):
                 return uses
+            started = next((use for use in uses if use.name == START_PROCEDURE), None)
+            if started is not None and self.procedures is not None:
+                name = json.loads(started.json or "{}").get("procedure")
+                if name in self.procedures.describe():  # else: the model hears it is unknown
+                    return await self.procedures.start(name, message, conversation)
             self._hold_if_slow(uses, message, draft)
             blocks, failed = [], []
             for use, outcome in zip(
@@ -200,13 +211,15 @@ class ClaudeAnswerer(GroundedAnswerer):
         """One streamed model turn: the decision, or the business's tools it calls first."""
         config = self._config
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.01)
-        offer = tools and self._ledger is not None
+        offered = self._offered()
+        offer = tools and bool(offered)
         stream = await self._client.messages.create(
             model=config.model,
             max_tokens=config.max_tokens,
-            system=TOOLS_SYSTEM_BLOCKS if self._ledger is not None else SYSTEM_BLOCKS,
-            # The same tools on every turn (the prompt cache holds them); the last turn must decide.
-            tools=self._tools if self._ledger is not None else [DECISION_TOOL],
+            system=TOOLS_SYSTEM_BLOCKS if offered else SYSTEM_BLOCKS,
+            # The same tools on every turn (the prompt cache holds them; the decision last, so
+            # its breakpoint caches them all); the last turn must decide.
+            tools=[*offered, DECISION_TOOL],
             tool_choice={"type": "any"} if offer else {"type": "tool", "name": DECISION_TOOL_NAME},
             messages=messages,
             stream=True,
@@ -258,10 +271,9 @@ class ClaudeAnswerer(GroundedAnswerer):
     ) -> ToolResult | ToolResultBlockParam:
         """Call a tool the model asked for; a change is only proposed, its result the
         model's cue to ask the customer to confirm it."""
-        assert self._ledger is not None  # the model is offered tools only with a ledger
-        tools = self._ledger.tools
-        if use.name not in tools:
+        if self._ledger is None or use.name not in self._ledger.tools:
             return _error_block(use, f"there is no tool named {use.name}")
+        tools = self._ledger.tools
         try:
             arguments = json.loads(use.json or "{}")
         except ValueError:
@@ -390,6 +402,25 @@ class ClaudeAnswerer(GroundedAnswerer):
             return now + state.upcoming_sleep + least > deadline
 
         return stop
+
+
+START_PROCEDURE = "start_procedure"
+
+
+def start_procedure_tool(procedures: dict[str, str]) -> ToolParam:
+    listed = "\n".join(f"- {name}: {description}" for name, description in procedures.items())
+    return {
+        "name": START_PROCEDURE,
+        "description": "Start one of the business's step-by-step flows for the customer's "
+        "request; it asks the customer for what it needs and replies itself, so record no "
+        f"decision with it. The flows:\n{listed}",
+        "input_schema": {
+            "type": "object",
+            "properties": {"procedure": {"type": "string", "enum": list(procedures)}},
+            "required": ["procedure"],
+            "additionalProperties": False,
+        },
+    }
 
 
 def _exchange(uses: list[_ToolUse], results: list[ToolResultBlockParam]) -> list[MessageParam]:

@@ -94,6 +94,30 @@ class ProcedureEngine:
         elif abandons(message.content):
             self.abandon(conversation)
             return _answer(state, self._say(self._settings.messages.abandoned, state), "abandoned")
+        return await self._run(state, message, conversation)
+
+    def describe(self) -> dict[str, str]:
+        """Each procedure's name and what it does, for a model that may start one."""
+        return {name: procedure.description for name, procedure in self._procedures.items()}
+
+    async def start(self, name: str, message: Inbound, conversation: Conversation) -> Decision:
+        """Start procedure `name` on `message` (a model chose it), in the language of its
+        trigger closest to the message; it replaces any other under way."""
+        index = await self._trigger_index()
+        vector = (await self._embed([clean(message.content)]))[0]
+        closest = next((m for m in index.match(vector) if m.label == name), None)
+        language = (
+            self._languages[closest.exemplar]
+            if closest is not None
+            else next(iter(self._procedures[name].triggers))
+        )
+        state = ProcedureState(name=name, language=language, opening=message.content)
+        log.info("procedure.started", procedure=name, language=language, by="model")
+        return await self._run(state, message, conversation)
+
+    async def _run(
+        self, state: ProcedureState, message: Inbound, conversation: Conversation
+    ) -> Decision:
         try:
             decision = await self._turn(state, message, conversation)
         except Exception:

@@ -53,7 +53,12 @@ async def shop() -> AsyncIterator[RunningShop]:
 
 @asynccontextmanager
 async def open_gateway(
-    claude: FakeAnthropic, shop: RunningShop, data_dir: Path, **tool_timeouts: float
+    claude: FakeAnthropic,
+    shop: RunningShop,
+    data_dir: Path,
+    *,
+    procedures: bool = False,
+    **tool_timeouts: float,
 ) -> AsyncIterator[Gateway]:
     config = shop_config(shop.url, data_dir)
     brain = config.brain.model_copy(
@@ -68,7 +73,13 @@ async def open_gateway(
         name: tool.model_copy(update={"timeout": tool_timeouts.get(name, tool.timeout)})
         for name, tool in config.tools.items()
     }
-    config = config.model_copy(update={"brain": brain, "procedures": {}, "tools": tools})
+    config = config.model_copy(
+        update={
+            "brain": brain,
+            "procedures": config.procedures if procedures else {},
+            "tools": tools,
+        }
+    )
     async with Gateway.open(config, warm=True) as gw:
         yield gw
 
@@ -310,3 +321,23 @@ async def test_an_identity_the_customer_claims_never_reaches_the_api(
     assert shop.shop.peak_calls == 0
     [recorded] = await tool_calls(gateway, "rest:ivy")
     assert recorded.outcome == "invalid"
+
+
+async def test_the_model_may_start_a_procedure_which_then_runs_offline(
+    claude: FakeAnthropic, shop: RunningShop, sample_data_dir: Path
+) -> None:
+    async with open_gateway(claude, shop, sample_data_dir, procedures=True) as gateway:
+        claude.script(call("start_procedure", {"procedure": "where_is_my_order"}))
+        asked = await gateway.ask("jo", "bought a grinder off you lot last week, any news??")
+        [offered] = [
+            tool for tool in claude.requests[0].body["tools"] if tool["name"] == "start_procedure"
+        ]
+        assert "where_is_my_order" in offered["input_schema"]["properties"]["procedure"]["enum"]
+        assert "order number" in asked["replies"][0]["text"]
+        assert asked["decision"]["explanation"].startswith("Procedure where_is_my_order")
+        # The procedure's next steps are its own: no model call for them.
+        asks = len(claude.requests)
+        await gateway.ask("jo", "KC-1002")
+        status = await gateway.ask("jo", "SW1A 1AA")
+        assert "DPD998877" in status["replies"][0]["text"]
+        assert len(claude.requests) == asks
