@@ -76,6 +76,10 @@ class BaseChannel(ABC, Generic[ConfigT]):
         """A message that grows, on channels with `capabilities.streaming`; None by default."""
         return None
 
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        """A growing message a dead worker left; None by default (sent whole again)."""
+        return None
+
     @classmethod
     def credential_checks(cls, config: ConfigT) -> list[CredentialCheck]:
         """What `gateway check` asks the provider to prove the section's credentials; none by

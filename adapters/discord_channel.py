@@ -132,6 +132,10 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
         posted = await self._post(outbound)
         return DiscordEdits(self, _channel_id(outbound.conversation), posted, outbound.text)
 
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # What it shows is unknown (taken as nothing): the final edit writes the whole reply.
+        return DiscordEdits(self, int(handle["channel_id"]), handle["message_id"], "")
+
     async def _edit(self, channel_id: int, message_id: str, text: str) -> None:
         rest = await self._http()
         with handle_message_parameters(content=text, allowed_mentions=ALLOWED_MENTIONS) as params:
@@ -261,6 +265,10 @@ class DiscordEdits:
         self._shown = text  # what Discord shows
         self._last_edit = time.monotonic()
         self._pending: asyncio.Task[None] | None = None
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"channel_id": str(self._channel_id), "message_id": self._message_id}
 
     async def append(self, text: str) -> None:
         self._text += text

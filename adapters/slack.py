@@ -277,6 +277,9 @@ class SlackChannel(BaseChannel[SlackConfig]):
         await stream.append(outbound.text)
         return stream
 
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        return SlackStream(self.client, handle["channel"], ts=handle["ts"])
+
     # -- inbound -----------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -421,27 +424,55 @@ class SlackChannel(BaseChannel[SlackConfig]):
 
 
 class SlackStream:
-    """One streamed bot message in a thread."""
+    """One streamed bot message in a thread: written through slack_sdk's `AsyncChatStream`, or,
+    resumed after the worker writing it died, found again by its `ts`."""
 
-    def __init__(self, client: AsyncWebClient, channel: str, streamer: AsyncChatStream) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        streamer: AsyncChatStream | None = None,
+        *,
+        ts: str = "",
+    ) -> None:
         self._client = client
         self._channel = channel
         self._streamer = streamer
+        self._ts = ts
+
+    @property
+    def handle(self) -> dict[str, str]:
+        ts = self._streamer.ts if self._streamer is not None else self._ts
+        return {"channel": self._channel, "ts": ts or ""}
 
     async def append(self, text: str) -> None:
-        await self._streamer.append(markdown_text=text)
+        if self._streamer is not None:
+            await self._streamer.append(markdown_text=text)
+        else:
+            await self._client.chat_appendStream(
+                channel=self._channel, ts=self._ts, markdown_text=text
+            )
 
     async def finish(self, reply: Outbound) -> None:
-        await self._streamer.stop()
+        await self._stop()
 
     async def replace(self, reply: Outbound) -> None:
-        await self._streamer.stop()
+        await self._stop()
         await self._client.chat_update(
             channel=self._channel,
-            ts=self._streamer.ts or "",
+            ts=self.handle["ts"],
             blocks=[{"type": "markdown", "text": reply.text}],
             text=reply.text,
         )
+
+    async def _stop(self) -> None:
+        if self._streamer is not None:
+            await self._streamer.stop()
+            return
+        try:
+            await self._client.chat_stopStream(channel=self._channel, ts=self._ts)
+        except SlackApiError as error:  # Slack ended a stream left idle: it is stopped anyway
+            log.info("slack.stream_already_stopped", detail=_failure(error))
 
 
 def _failure(error: Exception) -> str:

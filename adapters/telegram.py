@@ -194,6 +194,10 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
         await draft.append(outbound.text)
         return draft
 
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # The draft a dead worker left is a preview that expires; the message is sent once.
+        return TelegramDraft(self, outbound, int(handle["draft_id"]))
+
     async def typing(self, conversation: str) -> None:
         # Lasts 5 s or until the bot's message arrives: https://core.telegram.org/bots/api#sendchataction
         await self._bot.send_chat_action(chat_id=_chat_id(conversation), action=ChatAction.TYPING)
@@ -318,12 +322,18 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
 class TelegramDraft:
     """A private chat's draft, redrawn with the text so far, until the final message."""
 
-    def __init__(self, channel: TelegramChannel, outbound: Outbound) -> None:
+    def __init__(
+        self, channel: TelegramChannel, outbound: Outbound, draft_id: int | None = None
+    ) -> None:
         self._channel = channel
         self._chat_id = _chat_id(outbound.conversation)
         self._thread = int(outbound.thread) if outbound.thread else None
-        self._id = secrets.randbelow(2**31 - 1) + 1  # "must be non-zero"
+        self._id = draft_id or secrets.randbelow(2**31 - 1) + 1  # "must be non-zero"
         self._text = ""
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"draft_id": str(self._id)}
 
     async def append(self, text: str) -> None:
         self._text += text

@@ -99,6 +99,10 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         await stream.open(outbound)
         return stream
 
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # The reply frame with the same id redraws the bubble a dead worker left growing.
+        return WebchatStream(self, outbound.conversation, handle["stream_id"])
+
     async def _frame(self, conversation: str, frame: dict[str, Any]) -> None:
         await self.context.broadcast(WEBCHAT, WebchatFrame(conversation=conversation, frame=frame))
 
@@ -237,10 +241,16 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
 class WebchatStream:
     """A growing bot bubble: `stream`, then `append` frames, ended by its `reply` frame."""
 
-    def __init__(self, channel: WebchatChannel, conversation: str) -> None:
+    def __init__(
+        self, channel: WebchatChannel, conversation: str, stream_id: str | None = None
+    ) -> None:
         self._channel = channel
         self._conversation = conversation
-        self._id = new_id()
+        self._id = stream_id or new_id()
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"stream_id": self._id}
 
     async def open(self, outbound: Outbound) -> None:
         frame = {**_reply_frame(outbound), "type": "stream", "stream_id": self._id}

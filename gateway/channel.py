@@ -56,6 +56,11 @@ class ReplyStream(Protocol):
         """The message reads `reply.text` instead of what it showed, and is complete."""
         ...
 
+    @property
+    def handle(self) -> dict[str, str]:
+        """What finds this message again (`Channel.resume`) if the worker writing it dies."""
+        ...
+
 
 class Channel(Protocol):
     """One customer channel, built by the composition root as `Channel(config, context)`."""
@@ -97,6 +102,12 @@ class Channel(Protocol):
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         """Show `outbound` (the first sentences of a reply) as a message that will grow; None
         where this conversation cannot show one (a Telegram group), so it is sent whole."""
+        ...
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        """The growing message a worker that died left unfinished (its `ReplyStream.handle`),
+        for the worker answering the message again to end (`replace`) instead of starting a
+        second one; None where it cannot be found again."""
         ...
 
 

@@ -117,7 +117,8 @@ class Pipeline:
         conversation.reply_extras = message.extras
         history = await transcript
         latest = history[-RECOVERY_WINDOW:]
-        if not any(entry.message_id == message.id for entry in latest):
+        taken_over = any(entry.message_id == message.id for entry in latest)
+        if not taken_over:
             await self._store.append(
                 message.conversation,
                 TranscriptEntry(role=Role.CUSTOMER, text=message.content, message_id=message.id),
@@ -154,6 +155,8 @@ class Pipeline:
             # it is written (where the channel streams), or a holding line does at the
             # first-response deadline (gateway/streaming.py).
             live = self._live_reply(message, wait=not held)
+            if taken_over:
+                await live.resume()  # the growing message a dead worker left, if any
             decision = await self._decide(message, conversation, history, retrieval, live)
             await typing
 

@@ -59,3 +59,6 @@ class RecordingChannel:
 
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         return None  # no growing messages: `capabilities.streaming` is off
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        return None
