@@ -7,6 +7,7 @@ Nothing past an adapter knows a provider's payload shape; provider-only details 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -251,6 +252,23 @@ class PendingAction(Model):
     tool: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     asked_at: datetime = Field(default_factory=utcnow)
+
+
+def turn_calls(transcript: Sequence[TranscriptEntry], message_id: str) -> list[ToolCallRecord]:
+    """The calls made for one customer message (`Inbound.id`), in order: the tool entries
+    after its own entry, up to the next customer message. A conversation's messages are
+    processed one at a time, so nothing else writes between them; [] when its entry is not
+    in `transcript`."""
+    calls: list[ToolCallRecord] = []
+    mine = False
+    for entry in transcript:
+        if entry.role is Role.CUSTOMER:
+            if mine:
+                break
+            mine = entry.message_id == message_id
+        elif mine and entry.tool_call is not None:
+            calls.append(entry.tool_call)
+    return calls
 
 
 class Conversation(BaseModel):

@@ -78,9 +78,14 @@ ARCHIVE_DROPPED = Counter(
     "Archive events dropped from a full in-memory buffer (no Redis, database down for long)",
 )
 
+# Archived events that are not hand-off outcomes (tool calls have their own series above).
+_NOT_OUTCOMES = frozenset(
+    {EventKind.TURN, EventKind.AGENT_REPLY, EventKind.DELIVERY_FAILED, EventKind.TOOL_CALL}
+)
+
 
 def observe_archived(event: ArchiveEvent) -> None:
     if event.kind is EventKind.SATISFACTION and event.score is not None:
         SATISFACTION.labels(str(event.score), event.channel).inc()
-    elif event.kind not in (EventKind.TURN, EventKind.AGENT_REPLY, EventKind.DELIVERY_FAILED):
+    elif event.kind not in _NOT_OUTCOMES:
         OUTCOMES.labels(event.kind.value, event.channel).inc()

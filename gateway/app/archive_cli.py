@@ -154,6 +154,11 @@ def _print(figures: Report) -> None:
     )
     repeats = figures.repeat_contacts
     table.add_row("repeat contacts", f"{repeats.count} ({repeats.rate:.1%})")
+    calls = figures.tool_calls
+    table.add_row("tool calls", f"{calls.calls} ({calls.failed} failed)")
+    for tool, use in calls.by_tool.items():
+        outcomes = ", ".join(f"{outcome} {count}" for outcome, count in use.outcomes.items())
+        table.add_row(f"tool {tool}", f"{outcomes}; p95 {use.latency_ms.p95} ms")
     Console().print(table)
 
 

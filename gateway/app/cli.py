@@ -330,7 +330,7 @@ def scenario_test(
 
     settings = _load(config, quiet=True)
     try:
-        suites = load_all(paths, channels=list(CHANNELS))
+        suites = load_all(paths, channels=list(CHANNELS), tools=settings.tools)
     except ScenarioError as error:
         console.print(f"[red]Scenario error[/red] {Text(str(error))}")
         raise typer.Exit(2) from None

@@ -114,8 +114,15 @@ class Runtime:
             # The holding line goes out with the reserve kept to send it before the deadline.
             first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
-            archive=Recorder(self.archive_queue) if self.archive_queue is not None else None,
+            archive=self.open_recorder(),
         )
+
+    def open_recorder(self) -> Recorder | None:
+        """What the pipeline tells the archive; it reads the turns' tool calls off the store
+        only when there are tools to call."""
+        if self.archive_queue is None:
+            return None
+        return Recorder(self.archive_queue, calls_from=self.store if self.config.tools else None)
 
     def open_channels(self, context: ChannelContext) -> dict[str, Channel]:
         """Every channel enabled under `channels:` (a subclass may put others in their place)."""

@@ -16,11 +16,14 @@ from sqlalchemy import func, select
 
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.outcomes import Contact, EventRow, Outcome, TurnRow, contacts
-from gateway.archive.schema import as_utc, events, satisfaction, turns
+from gateway.archive.schema import as_utc, events, satisfaction, tool_calls, turns
 
 TOP = 10
 # Turns in which the bot could not answer (gateway.message's failed turns).
 UNANSWERED_REASONS = ("low_confidence", "model_unavailable", "repeated_failure", "pipeline_error")
+# Tool outcomes that answered (brain.tools.ToolResult.failed): a 2xx, or the API's own no. The
+# others (failed, timeout, refused, invalid) left the customer without an answer: tool_failed.
+ANSWERED_OUTCOMES = ("ok", "rejected")
 
 
 class Percentiles(BaseModel):
@@ -40,6 +43,28 @@ class Satisfaction(BaseModel):
     scores: dict[str, int]  # "1" to "5" -> answers
 
 
+class ToolUse(BaseModel):
+    calls: int
+    outcomes: dict[str, int]  # ok, rejected, failed, timeout, refused, invalid -> calls
+    failed: int  # calls with an outcome not in ANSWERED_OUTCOMES
+    latency_ms: Percentiles
+
+
+class ToolFailure(BaseModel):
+    at: datetime
+    tool: str
+    outcome: str
+    status: int | None
+    conversation: str
+
+
+class ToolCalls(BaseModel):
+    calls: int
+    failed: int
+    by_tool: dict[str, ToolUse]  # most called first
+    failures: list[ToolFailure]  # the latest TOP failed calls, newest first
+
+
 class Report(BaseModel):
     since: datetime
     until: datetime
@@ -57,6 +82,7 @@ class Report(BaseModel):
     repeat_contacts: Rate
     top_topics: list[tuple[str, int]]
     top_unanswered: list[tuple[str, int]]
+    tool_calls: ToolCalls
 
 
 async def build_report(
@@ -73,7 +99,7 @@ async def build_report(
     turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start)
     every = contacts(turn_rows, event_rows, window=window, repeat_window=repeat_window, now=until)
     period = [contact for contact in every if contact.start >= start]
-    return _summarize(period, start, until, unanswered)
+    return _summarize(period, start, until, unanswered, await _tool_calls(database, start, until))
 
 
 async def _load(
@@ -120,7 +146,11 @@ async def _load(
 
 
 def _summarize(
-    period: list[Contact], start: datetime, until: datetime, unanswered: list[tuple[str, int]]
+    period: list[Contact],
+    start: datetime,
+    until: datetime,
+    unanswered: list[tuple[str, int]],
+    calls: ToolCalls,
 ) -> Report:
     total = len(period)
 
@@ -178,10 +208,56 @@ def _summarize(
             TOP
         ),
         top_unanswered=unanswered,
+        tool_calls=calls,
     )
 
 
 _AGENT_COLUMNS = {"claimed": "claimed", "agent_reply": "replies", "resolved": "resolved"}
+
+
+async def _tool_calls(database: ArchiveDatabase, start: datetime, until: datetime) -> ToolCalls:
+    """The calls to the business's API in the period: by tool and outcome, latency, failures."""
+    async with database.engine.connect() as connection:
+        result = await connection.execute(
+            select(
+                tool_calls.c.tool,
+                tool_calls.c.outcome,
+                tool_calls.c.status,
+                tool_calls.c.latency_ms,
+                tool_calls.c.at,
+                tool_calls.c.conversation,
+            ).where(tool_calls.c.at >= start, tool_calls.c.at <= until)
+        )
+        rows = result.all()
+    outcomes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    latencies: defaultdict[str, list[float]] = defaultdict(list)
+    failures: list[ToolFailure] = []
+    for tool, outcome, status, latency_ms, at, conversation in rows:
+        outcomes[tool][outcome] += 1
+        latencies[tool].append(latency_ms)
+        if outcome not in ANSWERED_OUTCOMES:
+            failures.append(
+                ToolFailure(
+                    at=as_utc(at),
+                    tool=tool,
+                    outcome=outcome,
+                    status=status,
+                    conversation=conversation,
+                )
+            )
+    by_tool = {
+        tool: ToolUse(
+            calls=sum(counts.values()),
+            outcomes=dict(counts.most_common()),
+            failed=sum(n for outcome, n in counts.items() if outcome not in ANSWERED_OUTCOMES),
+            latency_ms=_percentiles(latencies[tool]),
+        )
+        for tool, counts in sorted(outcomes.items(), key=lambda item: (-item[1].total(), item[0]))
+    }
+    failures.sort(key=lambda failure: failure.at, reverse=True)
+    return ToolCalls(
+        calls=len(rows), failed=len(failures), by_tool=by_tool, failures=failures[:TOP]
+    )
 
 
 def _percentiles(values: Iterable[float]) -> Percentiles:
