@@ -47,6 +47,12 @@ NOT_A_PROCEDURE = ""
 MAX_STEPS_PER_TURN = 50  # a goto loop in a procedure ends here instead of spinning
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _INTEGER = re.compile(r"-?\d+")
+# A question: a question mark, or an opening question word (English, German).
+_QUESTION = re.compile(
+    r"\?|^\s*(how|what|when|why|where|which|who|can|could|do|does|is|are|will|would|"
+    r"wie|was|wann|warum|wo|welche[rs]?|kann|können|muss|ist|sind)\b",
+    re.IGNORECASE,
+)
 
 
 class ProcedureState(BaseModel):
@@ -94,7 +100,21 @@ class ProcedureEngine:
         elif abandons(message.content):
             self.abandon(conversation)
             return _answer(state, self._say(self._settings.messages.abandoned, state), "abandoned")
+        elif self._side_question(state, message.content):
+            # "By when must I skip so I'm not charged?" while it waits for the subscription
+            # number: answered like any question; the procedure waits at the same step.
+            log.info("procedure.side_question", procedure=state.name, step=state.step)
+            return None
         return await self._run(state, message, conversation)
+
+    def _side_question(self, state: ProcedureState, text: str) -> bool:
+        """A question that does not give the typed or patterned value the procedure asked for
+        (a free-text slot takes any answer)."""
+        if state.awaiting != "slot" or not _QUESTION.search(text):
+            return False
+        step = self._procedures[state.name].steps[state.step]
+        typed = step.type in ("integer", "email") or step.pattern is not None
+        return typed and _fill(step, text, awaited=True) is None
 
     def describe(self) -> dict[str, str]:
         """Each procedure's name and what it does, for a model that may start one."""

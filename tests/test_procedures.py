@@ -353,3 +353,19 @@ def test_the_slack_card_lists_the_tool_calls() -> None:
     )
     texts = [block["text"]["text"] for block in card_blocks(card) if "text" in block]
     assert any(t.startswith("*Tool calls*") and "get_order" in t and "503" in t for t in texts)
+
+
+async def test_a_question_asked_while_a_procedure_waits_is_answered_and_the_procedure_waits_on(
+    gateway: Gateway, shop: RunningShop
+) -> None:
+    assert "subscription number" in await say(gateway, "side", "Please skip my next delivery")
+    side = await gateway.ask("side", "by when do I have to do it so I'm not charged?")
+    reply = side["replies"][0]["text"]
+    assert "doesn't look like a subscription number" not in reply
+    assert not side["decision"]["explanation"].startswith("Procedure")
+    # The procedure is still at its step: the number is taken, the next one asked.
+    assert "postcode" in await say(gateway, "side", "SUB-1001")
+    assert "Shall I skip your next Duo" in await say(gateway, "side", "SW1A 1AA")
+    # An answer that is no question still gets the re-ask.
+    await say(gateway, "side-2", "Please skip my next delivery")
+    assert "doesn't look like" in await say(gateway, "side-2", "the blue one")
