@@ -15,7 +15,17 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.message import Reason
 
@@ -80,7 +90,32 @@ class PipelineConfig(Section):
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WORKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WORKDAYS = WEEKDAYS[:5]
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
+
+
+TimeZoneName = Annotated[
+    str, AfterValidator(_known_zone), Field(description="an IANA time zone, e.g. Europe/London")
+]
+
+
+def _clock_time(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `9:30` as the number 570 (base 60), which would be a time of
+    570 seconds past midnight: only a quoted time of day is taken."""
+    if isinstance(value, int | float):
+        raise ValueError('write the time of day in quotes, as "HH:MM" (YAML reads 9:30 as 570)')
+    return value
+
+
+ClockTime = Annotated[dt_time, BeforeValidator(_clock_time)]
 
 
 class BusinessHours(Section):
@@ -89,14 +124,10 @@ class BusinessHours(Section):
     days: list[Weekday] = Field(default_factory=lambda: list(WORKDAYS))
     start: dt_time = dt_time(9, 0)
     end: dt_time = dt_time(17, 0)
-    timezone: str = Field(default="UTC", description="an IANA time zone, e.g. Europe/London")
+    timezone: TimeZoneName = "UTC"
 
     @model_validator(mode="after")
     def _usable(self) -> BusinessHours:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if not self.days:
             raise ValueError("days: name at least one day")
         if self.start >= self.end:
@@ -185,6 +216,27 @@ class ArchiveConfig(Section):
     max_buffered: int = Field(
         default=100_000, ge=1, description="no Redis: events kept while the database is down"
     )
+
+
+class DigestConfig(Section):
+    """The weekly digest (`gateway/weekly.py`): the week's figures against the week before,
+    posted to the agents' Slack channel once a week, by one worker."""
+
+    enabled: bool = False
+    day: Weekday = "mon"
+    at: ClockTime = Field(default=dt_time(9, 0), description='local time of day, "HH:MM"')
+    timezone: TimeZoneName = "UTC"
+    channel: str | None = Field(
+        default=None, description="Slack channel id (C0...); unset: handoff.escalation_channel"
+    )
+    public_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="the web process as agents reach it; the digest links to its /admin/report",
+    )
+    retry_after: Seconds = Field(
+        default=300.0, description="a digest that failed (or whose worker died) is retried then"
+    )
+    check_interval: Seconds = Field(default=30.0, description="how often workers look for it")
 
 
 class LoggingConfig(Section):

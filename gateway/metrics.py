@@ -69,6 +69,11 @@ SATISFACTION = Counter(
     "Satisfaction answers by score (1-5)",
     ["score", "channel"],
 )
+DIGESTS = Counter(
+    "gateway_digests_total",
+    "Weekly digests to the agents' channel (gateway/weekly.py): posted, or failed (retried)",
+    ["outcome"],
+)
 ARCHIVE_WRITTEN = Counter("gateway_archive_written_total", "Archive events committed")
 ARCHIVE_FAILURES = Counter(
     "gateway_archive_write_failures_total", "Archive batches that failed to commit (retried)"

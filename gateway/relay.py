@@ -42,7 +42,7 @@ from gateway.message import (
     TranscriptEntry,
     utcnow,
 )
-from gateway.store import Store
+from gateway.store import JOB_PREFIX, Store
 
 if TYPE_CHECKING:
     from gateway.config import BusinessHours, HandoffConfig
@@ -225,7 +225,7 @@ class Relay:
             try:
                 due = await self._store.due(self.clock(), SWEEP_BATCH)
                 for key, at in due:
-                    if published.get(key) != at:
+                    if published.get(key) != at and not key.startswith(JOB_PREFIX):
                         await self._publish_tick(key, at)
                 published = dict(due)
             except Exception:

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from adapters import CHANNELS
 from adapters.base import CheckFailed, CredentialCheck
-from gateway.app.archive_cli import db_app, erase, report
+from gateway.app.archive_cli import db_app, digest, erase, report
 from gateway.app.settings import GatewayConfig, load_config
 from gateway.config import ConfigError
 from gateway.logs import configure_logging
@@ -46,6 +46,7 @@ app.add_typer(kb_app, name="kb")
 app.add_typer(db_app, name="db")
 app.command()(report)
 app.command()(erase)
+app.command()(digest)
 
 console = Console(stderr=True)
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
+from gateway.app.digest import open_weekly_digest
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
@@ -50,6 +51,9 @@ async def run(
         relay = runtime.relay
         handoff = asyncio.create_task(relay.run()) if worker and relay is not None else None
         archiving = await start_archive_writer(runtime) if worker else None
+        # The weekly digest: scheduled in the store, posted by whichever worker claims it.
+        weekly = open_weekly_digest(runtime) if worker else None
+        digest = asyncio.create_task(weekly.run(), name="digest") if weekly is not None else None
         runner = None
         if http:
             runner = web.AppRunner(build_app(runtime), access_log=None)
@@ -74,7 +78,7 @@ async def run(
         await stop_connectors(connected)
         if runner is not None:
             await runner.cleanup()
-        for background in (handoff, archiving):
+        for background in (handoff, archiving, digest):
             if background is not None:
                 background.cancel()
                 await asyncio.gather(background, return_exceptions=True)

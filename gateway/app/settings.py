@@ -25,6 +25,7 @@ from brain.tools import ConnectionConfig, ToolConfig
 from gateway.config import (
     ArchiveConfig,
     ConfigError,
+    DigestConfig,
     HandoffConfig,
     LoggingConfig,
     PipelineConfig,
@@ -69,6 +70,7 @@ class GatewayConfig(Section):
     procedures: dict[str, ProcedureConfig] = Field(default_factory=dict)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
@@ -81,6 +83,26 @@ class GatewayConfig(Section):
                 "agents' replies and buttons arrive through the Slack app"
             )
         return self
+
+    @model_validator(mode="after")
+    def _digest_can_be_posted(self) -> GatewayConfig:
+        if not self.digest.enabled:
+            return self
+        if self.digest_channel is None:
+            raise ValueError(
+                "digest.enabled is true: set digest.channel or handoff.escalation_channel "
+                "(the Slack channel it is posted to)"
+            )
+        if self.channels.slack.bot_token is None:
+            raise ValueError("digest.enabled is true: it is posted with SLACK_BOT_TOKEN; set it")
+        if not self.archive.enabled:
+            raise ValueError("digest.enabled is true: its figures come from the archive")
+        return self
+
+    @property
+    def digest_channel(self) -> str | None:
+        """Where the weekly digest goes: its own channel, else the agents' escalation channel."""
+        return self.digest.channel or self.handoff.escalation_channel
 
     @model_validator(mode="after")
     def _references_hold(self) -> GatewayConfig:

@@ -75,6 +75,7 @@ class Report(BaseModel):
     automation: dict[str, Rate]  # confirmed, assumed: apart, always
     escalations: dict[str, Rate]  # by reason
     first_response_seconds: dict[str, Percentiles]  # by channel
+    first_response_all_seconds: Percentiles  # every channel together
     time_to_claim_seconds: Percentiles
     time_to_resolve_seconds: Percentiles
     agents: dict[str, dict[str, int]]  # agent -> claimed, replies, resolved
@@ -95,15 +96,16 @@ async def build_report(
 ) -> Report:
     until = now or datetime.now(UTC)
     start = until - since
-    # Contacts that began before the period still count as the earlier contact of a repeat.
-    turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start)
+    # Contacts that began before the period still count as the earlier contact of a repeat;
+    # nothing after `until` is read, so a past period reads as it stood at its end.
+    turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start, until)
     every = contacts(turn_rows, event_rows, window=window, repeat_window=repeat_window, now=until)
     period = [contact for contact in every if contact.start >= start]
     return _summarize(period, start, until, unanswered, await _tool_calls(database, start, until))
 
 
 async def _load(
-    database: ArchiveDatabase, loaded_from: datetime, start: datetime
+    database: ArchiveDatabase, loaded_from: datetime, start: datetime, until: datetime
 ) -> tuple[list[TurnRow], list[EventRow], list[tuple[str, int]]]:
     async with database.engine.connect() as connection:
         turn_result = await connection.execute(
@@ -117,18 +119,18 @@ async def _load(
                 turns.c.topic,
                 turns.c.latency_ms,
                 turns.c.replied,
-            ).where(turns.c.at >= loaded_from)
+            ).where(turns.c.at >= loaded_from, turns.c.at <= until)
         )
         turn_rows = [TurnRow(r[0], r[1], r[2], as_utc(r[3]), *r[4:]) for r in turn_result]
         event_result = await connection.execute(
             select(events.c.conversation, events.c.kind, events.c.at, events.c.agent).where(
-                events.c.at >= loaded_from
+                events.c.at >= loaded_from, events.c.at <= until
             )
         )
         event_rows = [EventRow(r[0], r[1], as_utc(r[2]), r[3]) for r in event_result]
         score_result = await connection.execute(
             select(satisfaction.c.conversation, satisfaction.c.at, satisfaction.c.score).where(
-                satisfaction.c.at >= loaded_from
+                satisfaction.c.at >= loaded_from, satisfaction.c.at <= until
             )
         )
         event_rows += [
@@ -137,7 +139,7 @@ async def _load(
         question = func.lower(func.trim(turns.c.text))
         unanswered = await connection.execute(
             select(question, func.count())
-            .where(turns.c.at >= start, turns.c.reason.in_(UNANSWERED_REASONS))
+            .where(turns.c.at.between(start, until), turns.c.reason.in_(UNANSWERED_REASONS))
             .group_by(question)
             .order_by(func.count().desc(), question)
             .limit(TOP)
@@ -192,6 +194,9 @@ def _summarize(
         first_response_seconds={
             channel: _percentiles(values) for channel, values in sorted(first_response.items())
         },
+        first_response_all_seconds=_percentiles(
+            seconds for values in first_response.values() for seconds in values
+        ),
         time_to_claim_seconds=_percentiles(claim_waits),
         time_to_resolve_seconds=_percentiles(resolve_waits),
         agents={
