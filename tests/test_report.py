@@ -308,3 +308,22 @@ async def test_the_admin_report_needs_the_token_and_is_off_without_one(
         assert "script-src" not in page.headers["Content-Security-Policy"]
         figures = await gw.http.get(f"/admin/report?token={TOKEN}&since=30d&format=json")
         assert Report.model_validate(await figures.json()).contacts >= 6
+
+
+async def test_the_admin_report_of_an_archive_not_migrated_says_so_with_503(
+    archive_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that skipped `gateway db upgrade` (or stopped at an older revision): the
+    page names the fix instead of failing in a query; once migrated, it is served."""
+    database = ArchiveDatabase(database_url(archive_url, tmp_path))
+    await upgrade(database, "0001")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", TOKEN)
+    config = GatewayConfig(data_dir=tmp_path, archive={"database_url": database.url})
+    async with Gateway.open(config, embedded=True) as gw:
+        behind = await gw.http.get(f"/admin/report?token={TOKEN}")
+        assert behind.status == 503 and behind.headers["Retry-After"] == "60"
+        text = await behind.text()
+        assert "revision 0001" in text and "gateway db upgrade" in text
+        await upgrade(database)
+        assert (await gw.http.get(f"/admin/report?token={TOKEN}")).status == 200
+    await database.close()
