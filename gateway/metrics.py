@@ -69,6 +69,12 @@ SATISFACTION = Counter(
     "Satisfaction answers by score (1-5)",
     ["score", "channel"],
 )
+SATISFACTION_ASKS = Counter(
+    "gateway_satisfaction_asks_total",
+    "Satisfaction asks sent, by what prompted them (agent: resolved; bot: an answer met with "
+    "silence)",
+    ["trigger", "channel"],
+)
 ARCHIVE_WRITTEN = Counter("gateway_archive_written_total", "Archive events committed")
 ARCHIVE_FAILURES = Counter(
     "gateway_archive_write_failures_total", "Archive batches that failed to commit (retried)"

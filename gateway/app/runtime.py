@@ -44,6 +44,7 @@ from gateway.pipeline import Pipeline, ReplyTexts
 from gateway.redis_client import connect_redis
 from gateway.relay import Relay
 from gateway.results import TurnResults
+from gateway.satisfaction import Satisfaction
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -97,6 +98,7 @@ class Runtime:
                 embed=self.knowledge.embed,
             )
         self.relay = self.open_relay()
+        archive = Recorder(self.archive_queue) if self.archive_queue is not None else None
         messages = config.brain.messages
         self.pipeline = Pipeline(
             store=self.store,
@@ -113,7 +115,15 @@ class Runtime:
             # The holding line goes out with the reserve kept to send it before the deadline.
             first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
-            archive=Recorder(self.archive_queue) if self.archive_queue is not None else None,
+            archive=archive,
+            satisfaction=Satisfaction(
+                config=config.satisfaction,
+                store=self.store,
+                channels=self.channels,
+                archive=archive,
+            )
+            if config.satisfaction.enabled
+            else None,
         )
 
     def open_channels(self, context: ChannelContext) -> dict[str, Channel]:

@@ -28,6 +28,7 @@ from gateway.config import (
     HandoffConfig,
     LoggingConfig,
     PipelineConfig,
+    SatisfactionConfig,
     Section,
     ServerConfig,
     env,
@@ -69,6 +70,7 @@ class GatewayConfig(Section):
     procedures: dict[str, ProcedureConfig] = Field(default_factory=dict)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    satisfaction: SatisfactionConfig = Field(default_factory=SatisfactionConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
@@ -80,6 +82,15 @@ class GatewayConfig(Section):
                 "handoff.escalation_channel is set, so channels.slack.enabled must be true: "
                 "agents' replies and buttons arrive through the Slack app"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _bot_asks_within_the_contact(self) -> GatewayConfig:
+        """The ask after a bot answer must come before the archive assumes that answer resolved
+        it and a later message starts a new contact: else the rating lands on no contact."""
+        satisfaction = self.satisfaction
+        if satisfaction.after_bot and satisfaction.bot_idle >= self.archive.resolution_window:
+            raise ValueError("satisfaction.bot_idle must be shorter than archive.resolution_window")
         return self
 
     @model_validator(mode="after")

@@ -75,6 +75,13 @@ class Recorder:
             return  # a second claim by the owner, a resolve of what the bot already has
         await self._put(_event(message, conversation, kind, agent=agent))
 
+    async def rated(
+        self, message: Inbound, conversation: Conversation, *, ask: str, score: int
+    ) -> None:
+        """A satisfaction answer; its id is the ask's, so an ask is rated once in the archive."""
+        event = _event(message, conversation, EventKind.SATISFACTION)
+        await self._put(event.model_copy(update={"id": f"{ask}:satisfaction", "score": score}))
+
     async def _put(self, event: ArchiveEvent) -> None:
         """Never fails the turn: the reply matters more than its record."""
         metrics.observe_archived(event)
