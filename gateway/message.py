@@ -111,6 +111,24 @@ class Rating(Model):
     ask: str = Field(min_length=1, max_length=64)  # `SatisfactionState.ask_id`
     score: int = Field(ge=SCORES.start, lt=SCORES.stop)
 
+    @property
+    def token(self) -> str:
+        """`rate:<ask>:<score>`: what a button carries back (Telegram's callback data, at most
+        64 bytes; Discord's custom id)."""
+        return f"rate:{self.ask}:{self.score}"
+
+    @classmethod
+    def from_token(cls, token: str) -> Rating | None:
+        """The rating a button's `token` gives; None for anything else."""
+        kind, _, rest = token.partition(":")
+        ask, _, score = rest.partition(":")
+        if kind != "rate" or not score.isdigit():
+            return None
+        try:
+            return cls(ask=ask, score=int(score))
+        except ValueError:
+            return None
+
 
 class Inbound(Model):
     """A customer's message or an agent's event, normalized.
