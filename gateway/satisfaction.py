@@ -151,7 +151,10 @@ class Satisfaction:
         except Exception as error:
             await note_failure(self._store, ask.reply, error)
             return
-        await record(self._store, ask.reply)
+        # The transcript keeps the hint too: what a customer reading it back (REST, the web
+        # chat's history, where the buttons are not redrawn) can answer.
+        said = f"{ask.reply.text}\n{ask.hint}"
+        await record(self._store, ask.reply.model_copy(update={"text": said}))
         state.ask_id, state.asked_at, state.language = ask.id, self.clock(), language
         state.reply_open = True
         metrics.SATISFACTION_ASKS.labels(trigger, conversation.channel).inc()
