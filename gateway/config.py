@@ -194,6 +194,58 @@ class HandoffConfig(Section):
         return self
 
 
+def _en_de(en: str, de: str) -> dict[str, str]:
+    return {"en": en, "de": de}
+
+
+class SatisfactionMessages(Section):
+    """What the ask says, per language code; the first language is the fallback, and the
+    customer's is told from what they wrote, among these."""
+
+    question: dict[str, str] = Field(
+        default_factory=lambda: _en_de(
+            "How would you rate the help you got, from 1 (poor) to 5 (great)?",
+            "Wie bewerten Sie die Hilfe, die Sie bekommen haben, von 1 (schlecht) bis 5 "
+            "(sehr gut)?",
+        )
+    )
+    # Where the channel has no buttons (SMS, WhatsApp, an email without a rating link).
+    hint: dict[str, str] = Field(
+        default_factory=lambda: _en_de(
+            "Just reply with a number from 1 to 5.",
+            "Antworten Sie einfach mit einer Zahl von 1 bis 5.",
+        )
+    )
+    thanks: dict[str, str] = Field(
+        default_factory=lambda: _en_de("Thanks for your rating!", "Danke für Ihre Bewertung!")
+    )
+
+    @model_validator(mode="after")
+    def _same_languages(self) -> SatisfactionMessages:
+        languages = [set(self.question), set(self.hint), set(self.thanks)]
+        if not languages[0] or any(found != languages[0] for found in languages):
+            raise ValueError("question, hint and thanks must name the same languages")
+        return self
+
+
+class SatisfactionConfig(Section):
+    """The satisfaction ask (gateway/satisfaction.py): once per conversation, never while a
+    person has it, answered 1 to 5 on the channel's own buttons, a reply or a link."""
+
+    enabled: bool = True
+    after_agent: bool = Field(default=True, description="ask when an agent resolves")
+    after_bot: bool = Field(default=True, description="ask after a bot answer met with silence")
+    bot_idle: Seconds = Field(
+        default=600.0,
+        description="the silence after a bot answer (no escalation) that asks about it; "
+        "shorter than archive.resolution_window, so the answer rates that contact",
+    )
+    reply_window: Seconds = Field(
+        default=86_400.0, description="a reply that is just a digit 1-5 answers the ask this long"
+    )
+    messages: SatisfactionMessages = Field(default_factory=SatisfactionMessages)
+
+
 class ArchiveConfig(Section):
     """The conversation archive (gateway/archive/) and the report's definitions."""
 

@@ -74,6 +74,12 @@ DIGESTS = Counter(
     "Weekly digests to the agents' channel (gateway/weekly.py): posted, or failed (retried)",
     ["outcome"],
 )
+SATISFACTION_ASKS = Counter(
+    "gateway_satisfaction_asks_total",
+    "Satisfaction asks sent, by what prompted them (agent: resolved; bot: an answer met with "
+    "silence)",
+    ["trigger", "channel"],
+)
 ARCHIVE_WRITTEN = Counter("gateway_archive_written_total", "Archive events committed")
 ARCHIVE_FAILURES = Counter(
     "gateway_archive_write_failures_total", "Archive batches that failed to commit (retried)"

@@ -11,6 +11,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
+from gateway import timers
 from gateway.app.digest import open_weekly_digest
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
@@ -47,9 +48,9 @@ async def run(
         consumer = (
             asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle)) if worker else None
         )
-        # Hand-off timers and delivery reports become bus events on the worker role.
-        relay = runtime.relay
-        handoff = asyncio.create_task(relay.run()) if worker and relay is not None else None
+        # Timers (the hand-off's, the satisfaction ask's) and delivery reports become bus
+        # events on the worker role.
+        handoff = asyncio.create_task(timers_and_reports(runtime)) if worker else None
         archiving = await start_archive_writer(runtime) if worker else None
         # The weekly digest: scheduled in the store, posted by whichever worker claims it.
         weekly = open_weekly_digest(runtime) if worker else None
@@ -87,6 +88,16 @@ async def run(
             await asyncio.gather(consumer, return_exceptions=True)
         for waiter in waiters:
             waiter.cancel()
+
+
+async def timers_and_reports(runtime: Runtime) -> None:
+    """The worker's timers and delivery reports: the relay sweeps and forwards both; without
+    one, the timers are swept alone (the satisfaction ask's)."""
+    if runtime.relay is not None:
+        await runtime.relay.run()
+    else:
+        interval = runtime.config.handoff.sweep_interval
+        await timers.sweep(runtime.store, runtime.bus, interval)
 
 
 async def start_archive_writer(runtime: Runtime) -> asyncio.Task[None] | None:

@@ -44,6 +44,7 @@ from gateway.pipeline import Pipeline, ReplyTexts
 from gateway.redis_client import connect_redis
 from gateway.relay import Relay
 from gateway.results import TurnResults
+from gateway.satisfaction import Satisfaction
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -98,6 +99,7 @@ class Runtime:
                 embed=self.knowledge.embed,
             )
         self.relay = self.open_relay()
+        archive = self.open_recorder()
         messages = config.brain.messages
         self.pipeline = Pipeline(
             store=self.store,
@@ -114,7 +116,15 @@ class Runtime:
             # The holding line goes out with the reserve kept to send it before the deadline.
             first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
-            archive=self.open_recorder(),
+            archive=archive,
+            satisfaction=Satisfaction(
+                config=config.satisfaction,
+                store=self.store,
+                channels=self.channels,
+                archive=archive,
+            )
+            if config.satisfaction.enabled
+            else None,
         )
 
     def open_recorder(self) -> Recorder | None:

@@ -29,6 +29,7 @@ from gateway.config import (
     HandoffConfig,
     LoggingConfig,
     PipelineConfig,
+    SatisfactionConfig,
     Section,
     ServerConfig,
     env,
@@ -71,6 +72,7 @@ class GatewayConfig(Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     digest: DigestConfig = Field(default_factory=DigestConfig)
+    satisfaction: SatisfactionConfig = Field(default_factory=SatisfactionConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
@@ -103,6 +105,14 @@ class GatewayConfig(Section):
     def digest_channel(self) -> str | None:
         """Where the weekly digest goes: its own channel, else the agents' escalation channel."""
         return self.digest.channel or self.handoff.escalation_channel
+
+    def _bot_asks_within_the_contact(self) -> GatewayConfig:
+        """The ask after a bot answer must come before the archive assumes that answer resolved
+        it and a later message starts a new contact: else the rating lands on no contact."""
+        satisfaction = self.satisfaction
+        if satisfaction.after_bot and satisfaction.bot_idle >= self.archive.resolution_window:
+            raise ValueError("satisfaction.bot_idle must be shorter than archive.resolution_window")
+        return self
 
     @model_validator(mode="after")
     def _references_hold(self) -> GatewayConfig:

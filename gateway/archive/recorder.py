@@ -120,6 +120,13 @@ class Recorder:
             return []
         return turn_calls(entries, message.id)
 
+    async def rated(
+        self, message: Inbound, conversation: Conversation, *, ask: str, score: int
+    ) -> None:
+        """A satisfaction answer; its id is the ask's, so an ask is rated once in the archive."""
+        event = _event(message, conversation, EventKind.SATISFACTION)
+        await self._put(event.model_copy(update={"id": f"{ask}:satisfaction", "score": score}))
+
     async def _put(self, event: ArchiveEvent) -> None:
         """Never fails the turn: the reply matters more than its record."""
         metrics.observe_archived(event)

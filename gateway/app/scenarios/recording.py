@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from gateway.channel import Capabilities, ReplyStream
-from gateway.message import Outbound
+from gateway.message import Outbound, RatingAsk
 from gateway.split import split_text
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class RecordingChannel:
         self.sent.append(outbound)
         if outbound.in_reply_to is not None:
             self._replies.setdefault(outbound.in_reply_to, []).append(outbound)
+
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        await self.send(ask.reply)
 
     async def typing(self, conversation: str) -> None:
         self.typing_in.append(conversation)
