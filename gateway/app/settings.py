@@ -106,6 +106,7 @@ class GatewayConfig(Section):
         """Where the weekly digest goes: its own channel, else the agents' escalation channel."""
         return self.digest.channel or self.handoff.escalation_channel
 
+    @model_validator(mode="after")
     def _bot_asks_within_the_contact(self) -> GatewayConfig:
         """The ask after a bot answer must come before the archive assumes that answer resolved
         it and a later message starts a new contact: else the rating lands on no contact."""
