@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import Section
-from gateway.message import Outbound
+from gateway.message import Outbound, RatingAsk
 from gateway.split import split_text
 
 
@@ -75,6 +75,19 @@ class BaseChannel(ABC, Generic[ConfigT]):
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         """A message that grows, on channels with `capabilities.streaming`; None by default."""
         return None
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        """A growing message a dead worker left; None by default (sent whole again)."""
+        return None
+
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        """The question and how to answer it, as text: the customer replies with the score."""
+        await self.send_all(ask.reply.model_copy(update={"text": f"{ask.reply.text}\n{ask.hint}"}))
+
+    async def send_all(self, outbound: Outbound) -> None:
+        """`outbound` in the parts `split` cuts it into."""
+        for part in self.split(outbound.text):
+            await self.send(outbound.model_copy(update={"text": part}))
 
     @classmethod
     def credential_checks(cls, config: ConfigT) -> list[CredentialCheck]:

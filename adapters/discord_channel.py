@@ -9,6 +9,11 @@ their message. Rate limits are discord.py's business: its HTTP client waits out 
 A bot answer is streamed by posting its first sentences and editing the message as it grows,
 at most once per `EDIT_INTERVAL` (Discord allows about five edits per five seconds in a
 channel), the last edit making it read as the complete answer.
+
+The satisfaction ask is a message with five buttons (message components, custom ids
+`rate:<ask id>:<score>`); a press arrives as an INTERACTION_CREATE on the gateway, is published
+as a RATING event of the presser's conversation, and answered by redrawing the buttons disabled,
+the pressed one green (https://discord.com/developers/docs/interactions/receiving-and-responding).
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCh
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import Seconds, secret
 from gateway.message import (
+    SCORES,
     Attachment,
     ConversationKey,
     Identity,
     IdentityKind,
     Inbound,
+    InboundKind,
     Outbound,
+    Rating,
+    RatingAsk,
     conversation_key,
 )
 
@@ -128,17 +137,24 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
     async def send(self, outbound: Outbound) -> None:
         await self._post(outbound)
 
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        await self._post(ask.reply, view=_rating_view(ask.id))
+
     async def stream(self, outbound: Outbound) -> ReplyStream:
         posted = await self._post(outbound)
         return DiscordEdits(self, _channel_id(outbound.conversation), posted, outbound.text)
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # What it shows is unknown (taken as nothing): the final edit writes the whole reply.
+        return DiscordEdits(self, int(handle["channel_id"]), handle["message_id"], "")
 
     async def _edit(self, channel_id: int, message_id: str, text: str) -> None:
         rest = await self._http()
         with handle_message_parameters(content=text, allowed_mentions=ALLOWED_MENTIONS) as params:
             await rest.edit_message(channel_id, message_id, params=params)
 
-    async def _post(self, outbound: Outbound) -> str:
-        """Create the message; its id."""
+    async def _post(self, outbound: Outbound, *, view: discord.ui.View | None = None) -> str:
+        """Create the message (with `view`'s buttons); its id."""
         rest = await self._http()
         channel_id = _channel_id(outbound.conversation)
         reply_to = outbound.extras.get("reply_to")
@@ -152,6 +168,7 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
             nonce=_nonce(outbound),
             allowed_mentions=ALLOWED_MENTIONS,
             message_reference=reference,
+            view=view or discord.utils.MISSING,
         ) as params:
             created = await rest.send_message(channel_id, params=params)
         return str(created["id"])
@@ -238,6 +255,32 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
             self._last_event = time.monotonic()
             await client.ws.close(code=4000)
 
+    async def _on_interaction(self, interaction: discord.Interaction) -> None:
+        """A satisfaction button, for the conversation of whoever pressed it (in a guild
+        channel, only the customer who was asked has that ask open)."""
+        data: dict[str, object] = dict(interaction.data or {})
+        rating = Rating.from_token(str(data.get("custom_id", "")))
+        if interaction.type is not discord.InteractionType.component or rating is None:
+            return
+        channel_id = str(interaction.channel_id)
+        direct = interaction.guild_id is None
+        scope = (channel_id,) if direct else (channel_id, str(interaction.user.id))
+        async with self._publishing:
+            await self.context.publish(
+                Inbound(
+                    kind=InboundKind.RATING,
+                    channel=CHANNEL,
+                    conversation=conversation_key(CHANNEL, *scope),
+                    sender=interaction.user.display_name,
+                    provider_message_id=f"rating:{rating.ask}",
+                    rating=rating,
+                )
+            )
+        try:  # best effort: the rating is on the bus already
+            await interaction.response.edit_message(view=_rating_view(rating.ask, rating.score))
+        except discord.HTTPException as error:
+            log.warning("discord.interaction_answer_failed", status=error.status)
+
     def _saw_event(self) -> None:
         self._last_event = time.monotonic()
 
@@ -261,6 +304,10 @@ class DiscordEdits:
         self._shown = text  # what Discord shows
         self._last_edit = time.monotonic()
         self._pending: asyncio.Task[None] | None = None
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"channel_id": str(self._channel_id), "message_id": self._message_id}
 
     async def append(self, text: str) -> None:
         self._text += text
@@ -320,6 +367,25 @@ class _GatewayClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         if self.user is not None:
             await self._adapter._on_message(message, self.user)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        await self._adapter._on_interaction(interaction)
+
+
+def _rating_view(ask: str, chosen: int | None = None) -> discord.ui.View:
+    """The five buttons of an ask; once `chosen`, all disabled and that one green."""
+    view = discord.ui.View(timeout=None)
+    for score in SCORES:
+        pressed = score == chosen
+        view.add_item(
+            discord.ui.Button(
+                label=str(score),
+                custom_id=Rating(ask=ask, score=score).token,
+                style=discord.ButtonStyle.success if pressed else discord.ButtonStyle.secondary,
+                disabled=chosen is not None,
+            )
+        )
+    return view
 
 
 def _inbound(message: discord.Message, me: discord.ClientUser) -> Inbound | None:

@@ -18,6 +18,12 @@ to, and a bounce of one of our replies is reported on the "delivery" topic. Bot 
 sender are capped as a last line against loops with auto-responders that send none of those
 headers.
 
+The satisfaction ask is a mail with five one-click links to `/email/rating` on the web process
+(`channels.email.public_url`), each signed (HMAC-SHA256 under `GATEWAY_EMAIL_RATING_SECRET`,
+else a key kept in the data dir) over the conversation, the ask and the score: a link whose
+signature does not hold is refused (403), one that holds is published as a RATING event, and
+the page thanks the customer. Without a `public_url` the mail asks for a reply with the score.
+
 The connectors process runs `start()`: IMAP marks a mail seen only once it is on the bus, and
 the SMTP listener answers 250 only then (a bus outage answers 451: the sender retries), so no
 mail is lost; a mail read twice has the same Message-ID and the pipeline's dedupe drops it.
@@ -30,6 +36,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import html
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,10 +46,12 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from typing import Literal
+from urllib.parse import urlencode
 
 import aioimaplib
 import aiosmtplib
 import structlog
+from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailparser_reply import EmailReplyParser
 from pydantic import Field, SecretStr, model_validator
@@ -57,19 +66,25 @@ from tenacity import (
 
 from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCheck
 from adapters.markup import to_plain
+from adapters.signing import signature, signed, signing_key
 from gateway.channel import Capabilities, ChannelContext
 from gateway.config import Seconds, Section, secret
 from gateway.message import (
+    SCORES,
     Attachment,
     ConversationKey,
     Identity,
     IdentityKind,
     Inbound,
+    InboundKind,
     Outbound,
+    Rating,
+    RatingAsk,
     Role,
     conversation_key,
     utcnow,
 )
+from gateway.results import MessageLost
 from gateway.topics import DeliveryReport
 
 log = structlog.get_logger(__name__)
@@ -102,6 +117,10 @@ MAX_BODY_CHARS = 100_000
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _HTML_BLOCKS = "p,div,li,tr,h1,h2,h3,h4,h5,h6,table,ul,ol,pre,section,article"
 _ATTACHMENT_KINDS = {"image": "image", "audio": "audio", "video": "video"}
+RATING_PATH = "/email/rating"
+RATING_SECRET_FILE = "email-rating-secret"  # in the data dir, when the variable is unset
+# What the rating page says when the pipeline's own thanks does not come in time.
+RATED = "Thank you, your rating is recorded."
 
 
 class ImapConfig(Section):
@@ -150,6 +169,16 @@ class EmailConfig(ChannelSection):
     # Languages whose "On ... wrote:" / "Sent from my ..." lines mark quoted history
     # (mail-parser-reply's codes: en, de, fr, es, it, nl, pl, sv, da, cs, ja, ko, zh).
     quote_languages: list[str] = Field(default_factory=lambda: ["en", "de", "fr", "es"])
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+$",
+        description="scheme and host of the web process (https://support.example.com), where "
+        "the satisfaction ask's one-click links point; unset: the customer replies 1 to 5",
+    )
+    rating_secret: SecretStr | None = Field(
+        default_factory=lambda: secret("GATEWAY_EMAIL_RATING_SECRET"),
+        description="signs the rating links; unset: a key kept in the data dir",
+    )
 
     @model_validator(mode="after")
     def _usable(self) -> EmailConfig:
@@ -184,7 +213,7 @@ class ReplyLimited(Exception):
 
 class EmailChannel(BaseChannel[EmailConfig]):
     name = CHANNEL
-    capabilities = Capabilities(text_limit=None)
+    capabilities = Capabilities(text_limit=None, rating_page=True)
 
     @classmethod
     def credential_checks(cls, config: EmailConfig) -> list[CredentialCheck]:
@@ -253,6 +282,12 @@ class EmailChannel(BaseChannel[EmailConfig]):
         self._max_chars = context.limits.max_message_chars
         self._mailbox: asyncio.Task[None] | None = None
         self._listener: asyncio.Server | None = None
+        self._rating_key = signing_key(
+            self.config.rating_secret, context.data_dir / RATING_SECRET_FILE
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(RATING_PATH, self._on_rating)]
 
     async def start(self) -> None:
         if self.config.imap is not None:
@@ -294,6 +329,55 @@ class EmailChannel(BaseChannel[EmailConfig]):
         mail = self._compose(outbound, address, root, bot=bot)
         await self._deliver(mail.as_bytes(policy=SMTP_POLICY), address)
         log.info("email.sent", conversation=outbound.conversation, message_id=mail["Message-ID"])
+
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        """The question and a signed link per score; without a `public_url`, a reply asked."""
+        if self.config.public_url is None:
+            await super().ask_rating(ask)
+            return
+        links = "\n".join(f"{score}: {self.rating_link(ask, score)}" for score in SCORES)
+        await self.send(ask.reply.model_copy(update={"text": f"{ask.reply.text}\n\n{links}"}))
+
+    def rating_link(self, ask: RatingAsk, score: int) -> str:
+        parts = {"c": ask.reply.conversation, "a": ask.id, "s": str(score)}
+        sig = signature(self._rating_key, *parts.values())
+        return f"{self.config.public_url}{RATING_PATH}?{urlencode({**parts, 'sig': sig})}"
+
+    async def _on_rating(self, request: web.Request) -> web.Response:
+        """A rating link clicked: recorded once (the pipeline keeps the first answer), then a
+        thank-you page, in the words the pipeline thanks with when they come in time."""
+        query = request.query
+        conversation, ask, score = (query.get(name, "") for name in ("c", "a", "s"))
+        if not signed(self._rating_key, query.get("sig", ""), conversation, ask, score):
+            log.warning("email.rating_rejected", reason="signature does not match")
+            raise web.HTTPForbidden(reason="this rating link is not valid")
+        try:
+            rating = Rating(ask=ask, score=int(score))
+            address, _ = _key_parts(conversation)
+        except ValueError:  # signed by us, so never; unless the key was reused elsewhere
+            raise web.HTTPBadRequest(reason="not a rating link") from None
+        message = Inbound(
+            kind=InboundKind.RATING,
+            channel=CHANNEL,
+            conversation=conversation,
+            sender=address,
+            provider_message_id=f"rating:{rating.ask}",
+            rating=rating,
+        )
+        thanks = RATED
+        with self.context.await_result(message.id) as result:
+            await self.context.publish(message)
+            try:
+                wait = self.context.limits.reply_timeout
+                turn = await asyncio.wait_for(asyncio.shield(result), wait)
+                thanks = turn.replies[0] if turn.replies else thanks
+            except (TimeoutError, MessageLost):
+                log.warning("email.rating_unconfirmed")
+        return web.Response(
+            text=_thanks_page(thanks, rating.score),
+            content_type="text/html",
+            headers={"Content-Security-Policy": "default-src 'none'", "Cache-Control": "no-store"},
+        )
 
     async def _allowed(self, address: str) -> bool:
         """Loop protection on top of the auto-reply headers: bot replies per sender, counted
@@ -463,6 +547,16 @@ class _Delivery:
             log.exception("email.listener_failed")
             return "451 4.3.0 Temporary failure, please retry"
         return "250 2.0.0 OK"
+
+
+def _thanks_page(thanks: str, score: int) -> str:
+    said = html.escape(thanks)
+    return (
+        '<!doctype html><html><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{said}</title></head><body><h1>{said}</h1>"
+        f"<p>{'★' * score}{'☆' * (SCORES.stop - 1 - score)} ({score}/5)</p></body></html>"
+    )
 
 
 # Reading mail

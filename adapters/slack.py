@@ -23,6 +23,10 @@ A bot answer is streamed into its thread as it is written (`chat.startStream`, t
 https://docs.slack.dev/reference/methods/chat.startStream); a streamed message that must read
 otherwise at the end (a policy escalation) is rewritten with `chat.update`.
 
+The satisfaction ask is a message with five buttons (`satisfaction_1` to `satisfaction_5`, the
+value naming the conversation and the ask); a press by the customer is published as a RATING
+event, before Slack gets its ack, like every other event.
+
 The agents' console on the same Web API is `adapters/slack_console.py`.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 from collections.abc import Awaitable
 from typing import Any, Literal
@@ -57,6 +62,7 @@ from adapters.base import BaseChannel, ChannelSection, CheckFailed, CredentialCh
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
+    SCORES,
     Attachment,
     ConversationKey,
     Identity,
@@ -64,6 +70,8 @@ from gateway.message import (
     Inbound,
     InboundKind,
     Outbound,
+    Rating,
+    RatingAsk,
     conversation_key,
 )
 
@@ -73,6 +81,7 @@ CHANNEL = "slack"
 EVENTS_PATH = "/slack/events"
 NAME_LOOKUP_TIMEOUT = 3.0  # seconds an agent's reply waits for their display name
 
+RATING_ACTION = "satisfaction_"  # + the score
 BUTTONS = {
     "handoff_claim": InboundKind.CLAIM,
     "handoff_resolve": InboundKind.RESOLVE,
@@ -224,6 +233,7 @@ class SlackChannel(BaseChannel[SlackConfig]):
         self._app.event("message")(self._on_message)
         self._app.event("app_mention")(self._on_message)
         self._app.action(re.compile("^handoff_"))(self._on_button)
+        self._app.action(re.compile(f"^{RATING_ACTION}"))(self._on_rating)
         self._socket: AsyncSocketModeHandler | None = None
         self._names: dict[str, str] = {}  # user id -> display name; agents are few
 
@@ -261,6 +271,29 @@ class SlackChannel(BaseChannel[SlackConfig]):
             unfurl_links=False,
         )
 
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        """The question with a button per score (https://docs.slack.dev/reference/block-kit/blocks/actions-block)."""
+        channel, thread = _address(ask.reply)
+        value = json.dumps({"conversation": ask.reply.conversation, "ask": ask.id})
+        buttons = [
+            {
+                "type": "button",
+                "action_id": f"{RATING_ACTION}{score}",
+                "text": {"type": "plain_text", "text": str(score)},
+                "value": value,
+            }
+            for score in SCORES
+        ]
+        await self.client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread,
+            blocks=[
+                {"type": "markdown", "text": ask.reply.text},
+                {"type": "actions", "block_id": "satisfaction", "elements": buttons},
+            ],
+            text=ask.reply.text,
+        )
+
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         channel, thread = _address(outbound)
         if thread is None:
@@ -276,6 +309,9 @@ class SlackChannel(BaseChannel[SlackConfig]):
         stream = SlackStream(self.client, channel, streamer)
         await stream.append(outbound.text)
         return stream
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        return SlackStream(self.client, handle["channel"], ts=handle["ts"])
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -403,6 +439,37 @@ class SlackChannel(BaseChannel[SlackConfig]):
         )
         await ack()
 
+    async def _on_rating(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """A satisfaction button: counted when the customer of the conversation pressed it
+        (in a channel thread, others see the buttons too)."""
+        action = body["actions"][0]
+        who = body.get("user")
+        user = who.get("id") if isinstance(who, dict) else None
+        try:
+            value = json.loads(action.get("value", ""))
+            key, ask = value["conversation"], value["ask"]
+            rating = Rating(ask=ask, score=int(action["action_id"].removeprefix(RATING_ACTION)))
+        except (ValueError, TypeError, KeyError):
+            log.warning("slack.malformed_rating", action=action.get("action_id"))
+            await ack()
+            return
+        conversation = await self.context.conversation(key) if isinstance(key, str) else None
+        if conversation is None or conversation.customer != user:
+            log.warning("slack.stale_rating", why="no conversation, or not its customer")
+            await ack()
+            return
+        await self.context.publish(
+            Inbound(
+                kind=InboundKind.RATING,
+                channel=CHANNEL,
+                conversation=key,
+                sender=user,
+                provider_message_id=f"rating:{rating.ask}",
+                rating=rating,
+            )
+        )
+        await ack()
+
     async def _display_name(self, user: str) -> str:
         """The agent's Slack name, or their user id when `users.info` fails or is slow: the
         reply or button press goes on either way (Slack does not retry a button press)."""
@@ -421,27 +488,55 @@ class SlackChannel(BaseChannel[SlackConfig]):
 
 
 class SlackStream:
-    """One streamed bot message in a thread."""
+    """One streamed bot message in a thread: written through slack_sdk's `AsyncChatStream`, or,
+    resumed after the worker writing it died, found again by its `ts`."""
 
-    def __init__(self, client: AsyncWebClient, channel: str, streamer: AsyncChatStream) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        streamer: AsyncChatStream | None = None,
+        *,
+        ts: str = "",
+    ) -> None:
         self._client = client
         self._channel = channel
         self._streamer = streamer
+        self._ts = ts
+
+    @property
+    def handle(self) -> dict[str, str]:
+        ts = self._streamer.ts if self._streamer is not None else self._ts
+        return {"channel": self._channel, "ts": ts or ""}
 
     async def append(self, text: str) -> None:
-        await self._streamer.append(markdown_text=text)
+        if self._streamer is not None:
+            await self._streamer.append(markdown_text=text)
+        else:
+            await self._client.chat_appendStream(
+                channel=self._channel, ts=self._ts, markdown_text=text
+            )
 
     async def finish(self, reply: Outbound) -> None:
-        await self._streamer.stop()
+        await self._stop()
 
     async def replace(self, reply: Outbound) -> None:
-        await self._streamer.stop()
+        await self._stop()
         await self._client.chat_update(
             channel=self._channel,
-            ts=self._streamer.ts or "",
+            ts=self.handle["ts"],
             blocks=[{"type": "markdown", "text": reply.text}],
             text=reply.text,
         )
+
+    async def _stop(self) -> None:
+        if self._streamer is not None:
+            await self._streamer.stop()
+            return
+        try:
+            await self._client.chat_stopStream(channel=self._channel, ts=self._ts)
+        except SlackApiError as error:  # Slack ended a stream left idle: it is stopped anyway
+            log.info("slack.stream_already_stopped", detail=_failure(error))
 
 
 def _failure(error: Exception) -> str:

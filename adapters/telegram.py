@@ -15,6 +15,11 @@ In a private chat a bot answer is streamed as a draft while it is written (`send
 each call the text so far under one `draft_id`, animated by the app), then persisted by the
 final `sendMessage` (https://core.telegram.org/bots/api#sendmessagedraft); groups have no
 drafts, so they get the whole answer once.
+
+The satisfaction ask is a message with an inline keyboard of five buttons, each with the
+callback data `rate:<ask id>:<score>`; a press arrives as a `callback_query`, is published as a
+RATING event of the presser's conversation, then answered (answerCallbackQuery) and the
+keyboard removed, so it is pressed once: https://core.telegram.org/bots/api#callbackquery
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import Message, ReplyParameters, Update
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyParameters,
+    Update,
+)
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -48,12 +60,16 @@ from adapters.markup import to_telegram_html
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
+    SCORES,
     Attachment,
     ConversationKey,
     Identity,
     IdentityKind,
     Inbound,
+    InboundKind,
     Outbound,
+    Rating,
+    RatingAsk,
     conversation_key,
 )
 
@@ -62,8 +78,9 @@ log = structlog.get_logger(__name__)
 CHANNEL = "telegram"
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-# Only messages are answered; the rest (edits, reactions, members) are not asked for.
-ALLOWED_UPDATES = ["message"]
+# Messages and button presses (the satisfaction ask); the rest (edits, reactions, members)
+# are not asked for.
+ALLOWED_UPDATES = ["message", "callback_query"]
 POLL_TIMEOUT = 30  # seconds one getUpdates call waits for an update
 POLL_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
 SEND_ATTEMPTS = 4
@@ -187,12 +204,36 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
             log.warning("telegram.formatting_rejected", detail=error.message)
             await self._send_message(text=outbound.text, parse_mode=None, **addressing)
 
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        keyboard = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [
+                    InlineKeyboardButton(
+                        text=str(score), callback_data=Rating(ask=ask.id, score=score).token
+                    )
+                    for score in SCORES
+                ]
+            ]
+        )
+        thread = ask.reply.thread
+        await self._send_message(
+            chat_id=_chat_id(ask.reply.conversation),
+            message_thread_id=int(thread) if thread else None,
+            text=to_telegram_html(ask.reply.text),
+            parse_mode=ParseMode.HTML,
+            reply_markup=keyboard,
+        )
+
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         if len(ConversationKey.parse(outbound.conversation).scope) != 1:
             return None  # a group (`telegram:<chat>:<user>`): drafts are for private chats
         draft = TelegramDraft(self, outbound)
         await draft.append(outbound.text)
         return draft
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # The draft a dead worker left is a preview that expires; the message is sent once.
+        return TelegramDraft(self, outbound, int(handle["draft_id"]))
 
     async def typing(self, conversation: str) -> None:
         # Lasts 5 s or until the bot's message arrives: https://core.telegram.org/bots/api#sendchataction
@@ -259,6 +300,9 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
                 backoff.reset()
 
     async def _accept(self, update: Update) -> None:
+        if update.callback_query is not None:
+            await self._on_rating(update.callback_query, update.update_id)
+            return
         message = await self._inbound(update)
         if message is None:
             log.debug("telegram.update_ignored", update_id=update.update_id)
@@ -293,6 +337,37 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
             identity=Identity(kind=IdentityKind.USER, value=f"telegram:{user.id}"),
         )
 
+    async def _on_rating(self, query: CallbackQuery, update_id: int) -> None:
+        """A satisfaction button, for the conversation of whoever pressed it (in a group, only
+        the customer who was asked has that ask open: anyone else's press is dropped)."""
+        rating = Rating.from_token(query.data or "")
+        message = query.message
+        if rating is None or not isinstance(message, Message):
+            log.info("telegram.callback_ignored", update_id=update_id)
+            await self._bot.answer_callback_query(query.id)
+            return
+        chat_id = str(message.chat.id)
+        private = message.chat.type == ChatType.PRIVATE
+        scope = (chat_id,) if private else (chat_id, str(query.from_user.id))
+        await self.context.publish(
+            Inbound(
+                kind=InboundKind.RATING,
+                channel=CHANNEL,
+                conversation=conversation_key(CHANNEL, *scope),
+                sender=query.from_user.full_name,
+                provider_message_id=f"rating:{rating.ask}",
+                rating=rating,
+            )
+        )
+        try:  # best effort: the rating is on the bus already
+            await self._bot.answer_callback_query(query.id)
+            if private:
+                await self._bot.edit_message_reply_markup(
+                    chat_id=message.chat.id, message_id=message.message_id, reply_markup=None
+                )
+        except Exception as error:
+            log.warning("telegram.callback_answer_failed", error=type(error).__name__)
+
     async def _addressed_to_bot(self, message: Message) -> bool:
         replied = message.reply_to_message
         if replied and replied.from_user and replied.from_user.id == self._bot.id:
@@ -318,12 +393,18 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
 class TelegramDraft:
     """A private chat's draft, redrawn with the text so far, until the final message."""
 
-    def __init__(self, channel: TelegramChannel, outbound: Outbound) -> None:
+    def __init__(
+        self, channel: TelegramChannel, outbound: Outbound, draft_id: int | None = None
+    ) -> None:
         self._channel = channel
         self._chat_id = _chat_id(outbound.conversation)
         self._thread = int(outbound.thread) if outbound.thread else None
-        self._id = secrets.randbelow(2**31 - 1) + 1  # "must be non-zero"
+        self._id = draft_id or secrets.randbelow(2**31 - 1) + 1  # "must be non-zero"
         self._text = ""
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"draft_id": str(self._id)}
 
     async def append(self, text: str) -> None:
         self._text += text

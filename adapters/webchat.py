@@ -12,6 +12,10 @@ web process that holds the customer's socket. A broadcast lost while the bus rec
 made good by sending each socket its history again (a `history` frame, which the page
 redraws); the page's own reconnect gets it in `hello`.
 
+The satisfaction ask is a `rating` frame (the question and its `ask_id`), drawn as five
+buttons; a press sends `{"type": "rating", "ask_id": ..., "score": 1-5}`, published as a RATING
+event, and the socket gets a `rated` frame, which disables the buttons.
+
 A streamed answer is a `stream` frame (its first sentences, and a `stream_id`), `append`
 frames, then the usual `reply` frame with the same `stream_id`: the page redraws the growing
 bubble as the complete reply (which is also what a missed frame is made good by).
@@ -24,13 +28,10 @@ import base64
 import hashlib
 import hmac
 import html
-import os
 import re
-import secrets
 from collections import defaultdict
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -38,6 +39,7 @@ from aiohttp import WSMsgType, web
 from pydantic import Field, SecretStr
 
 from adapters.base import BaseChannel, ChannelToggle, parse_json
+from adapters.signing import signing_key
 from gateway.channel import Capabilities, ChannelContext, ReplyStream
 from gateway.config import secret
 from gateway.message import (
@@ -45,7 +47,10 @@ from gateway.message import (
     Identity,
     IdentityKind,
     Inbound,
+    InboundKind,
     Outbound,
+    Rating,
+    RatingAsk,
     TranscriptEntry,
     conversation_key,
     new_id,
@@ -84,7 +89,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         self._sending: set[asyncio.Task[None]] = set()
         self._page = _render_page(config.title)
         self._policy = _page_policy(self._page)
-        self._key = signing_key(config, context.data_dir / SECRET_FILE)
+        self._key = signing_key(config.secret, context.data_dir / SECRET_FILE)
         context.subscribe(WEBCHAT, self._on_broadcast)
         context.on_resync(self._resend_histories)
 
@@ -98,6 +103,14 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         stream = WebchatStream(self, outbound.conversation)
         await stream.open(outbound)
         return stream
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream:
+        # The reply frame with the same id redraws the bubble a dead worker left growing.
+        return WebchatStream(self, outbound.conversation, handle["stream_id"])
+
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        frame = {**_reply_frame(ask.reply), "type": "rating", "ask_id": ask.id}
+        await self._frame(ask.reply.conversation, frame)
 
     async def _frame(self, conversation: str, frame: dict[str, Any]) -> None:
         await self.context.broadcast(WEBCHAT, WebchatFrame(conversation=conversation, frame=frame))
@@ -152,6 +165,9 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         except ValueError:
             await socket.send_json({"type": "error", "message": "frames must be JSON"})
             return
+        if isinstance(frame, dict) and frame.get("type") == "rating":
+            await self._on_rating(socket, key, conversation_id, frame)
+            return
         try:
             text, client_id = _parse_frame(frame, self.context.limits.max_message_chars)
         except ValueError as problem:
@@ -182,6 +198,30 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
             )
             return
         await socket.send_json({"type": "ack", "client_id": client_id})
+
+    async def _on_rating(
+        self, socket: web.WebSocketResponse, key: str, conversation_id: str, frame: dict[str, Any]
+    ) -> None:
+        """A press of a satisfaction button; the pipeline checks the ask is this conversation's
+        open one, and records the first answer only (a double click is one rating)."""
+        try:
+            rating = Rating.model_validate(
+                {"ask": frame.get("ask_id"), "score": frame.get("score")}
+            )
+        except ValueError:
+            await socket.send_json({"type": "error", "message": "not a rating of 1 to 5"})
+            return
+        await self.context.publish(
+            Inbound(
+                kind=InboundKind.RATING,
+                channel=CHANNEL,
+                conversation=key,
+                sender=f"webchat:{conversation_id}",
+                provider_message_id=f"rating:{rating.ask}",
+                rating=rating,
+            )
+        )
+        await socket.send_json({"type": "rated", "ask_id": rating.ask, "score": rating.score})
 
     async def _resend_histories(self) -> None:
         """Broadcasts may have been missed: every socket here gets its conversation again."""
@@ -237,10 +277,16 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
 class WebchatStream:
     """A growing bot bubble: `stream`, then `append` frames, ended by its `reply` frame."""
 
-    def __init__(self, channel: WebchatChannel, conversation: str) -> None:
+    def __init__(
+        self, channel: WebchatChannel, conversation: str, stream_id: str | None = None
+    ) -> None:
         self._channel = channel
         self._conversation = conversation
-        self._id = new_id()
+        self._id = stream_id or new_id()
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"stream_id": self._id}
 
     async def open(self, outbound: Outbound) -> None:
         frame = {**_reply_frame(outbound), "type": "stream", "stream_id": self._id}
@@ -288,26 +334,6 @@ def _history(transcript: list[TranscriptEntry]) -> list[dict[str, Any]]:
 
 def _history_item(entry: TranscriptEntry) -> dict[str, Any]:
     return entry.model_dump(mode="json", include={"role", "text", "author", "at", "sources"})
-
-
-def signing_key(config: WebchatConfig, path: Path) -> bytes:
-    """The key conversation ids are signed with: the configured secret, else the one kept at
-    `path` (in the data dir), created there by the first process that needs it."""
-    if config.secret is not None:
-        return config.secret.get_secret_value().encode()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".{path.name}.{os.getpid()}")
-        draft.write_text(secrets.token_hex(32))
-        draft.chmod(0o600)
-        try:
-            os.link(draft, path)  # atomic: of processes starting together, one key wins
-            log.info("webchat.secret_created", path=str(path))
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    return path.read_text().strip().encode()
 
 
 def _page_policy(page: str) -> str:

@@ -11,6 +11,11 @@ run in parallel, each sending its messages one after the other, like customers: 
 random 0..--think seconds (default 2) before each message, so arrivals spread out as real
 traffic does; `--think 0` sends every conversation's next message the instant its reply lands.
 
+With `--tool-ms 0 150`, each pair runs twice: as above, and with a model that first calls a
+tool (`get_order`, served by this process after MS ms) and answers from its result in a second
+turn, the customer told "Let me check that for you…" as the call starts when the call and that
+turn would end past the first-response deadline.
+
 Per row: first visible text (receipt -> the first streamed sentence, or the holding line, or
 the whole reply), complete answer (receipt -> the reply sent whole), and where the answers
 came from (the model, the offline fallback, a holding reply and escalation).
@@ -18,12 +23,14 @@ came from (the model, the offline fallback, a holding reply and escalation).
     python benchmarks/answer_latency.py                  # 4 rows of 200 messages, 50 at once
     python benchmarks/answer_latency.py --words 45 --pace 60   # one row
     python benchmarks/answer_latency.py --stall 10       # a model that never answers in time
+    python benchmarks/answer_latency.py --words 20 --pace 60 --tool-ms 0 150   # with a tool
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -44,7 +51,11 @@ from pydantic import SecretStr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import TestServer  # noqa: E402
+
 from brain.config import BrainConfig, KnowledgeConfig  # noqa: E402
+from brain.tools import ConnectionConfig, ToolConfig  # noqa: E402
 from gateway.app.runtime import Runtime  # noqa: E402
 from gateway.app.settings import GatewayConfig  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
@@ -124,10 +135,45 @@ async def conversation(runtime: Runtime, number: int, count: int, think: float) 
     return results
 
 
+def order_api(tool_ms: float) -> TestServer:
+    """The business's API: one order, after `tool_ms` milliseconds."""
+
+    async def order(request: web.Request) -> web.Response:
+        await asyncio.sleep(tool_ms / 1000)
+        number = request.match_info["id"]
+        return web.json_response({"id": number, "status": "dispatched", "carrier": "DPD"})
+
+    app = web.Application()
+    app.router.add_get("/orders/{id}", order)
+    return TestServer(app, host="127.0.0.1")
+
+
+def tool_config(api: TestServer) -> dict[str, object]:
+    connection = ConnectionConfig(
+        base_url=str(api.make_url("")),
+        allow_networks=["127.0.0.1/32"],  # type: ignore[list-item]
+    )
+    order = ToolConfig.model_validate(
+        {
+            "description": "One order by its number, with the delivery postcode.",
+            "connection": "shop",
+            "path": "/orders/{order_id}",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string"}, "postcode": {"type": "string"}},
+                "required": ["order_id"],
+            },
+        }
+    )
+    return {"connections": {"shop": connection}, "tools": {"get_order": order}}
+
+
 async def run(
-    args: argparse.Namespace, data_dir: Path, port: int
+    args: argparse.Namespace, data_dir: Path, port: int, tool_ms: float
 ) -> tuple[list[TurnResult], list[float]]:
     knowledge = KnowledgeConfig(**({"embedder": args.embedder} if args.embedder else {}))
+    api = order_api(tool_ms)
+    await api.start_server()
     config = GatewayConfig(
         data_dir=data_dir,
         knowledge=knowledge,
@@ -136,7 +182,17 @@ async def run(
             deadline=args.deadline,
             anthropic_base_url=f"http://127.0.0.1:{port}",
         ),
+        **(tool_config(api) if tool_ms else {}),  # type: ignore[arg-type]
     )
+    try:
+        return await answer_all(args, config)
+    finally:
+        await api.close()
+
+
+async def answer_all(
+    args: argparse.Namespace, config: GatewayConfig
+) -> tuple[list[TurnResult], list[float]]:
     async with Runtime.open(config, embedded=True) as runtime:
         sample = [ROOT / "config" / "knowledge"]
         if runtime.knowledge.is_stale(sample):
@@ -176,11 +232,13 @@ def time_retrieval(runtime: Runtime) -> list[float]:
 
 
 def fake_api(
-    port: int, words: int, pace: float, args: argparse.Namespace
+    port: int, words: int, pace: float, args: argparse.Namespace, tool_ms: float
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "tests.fakes.anthropic_api", "--port", str(port)]
     command += ["--words", str(words), "--tokens-per-second", str(pace)]
     command += ["--first-token", str(args.first_token)]
+    if tool_ms:
+        command += ["--tool", "get_order"]
     if args.stall:
         command += ["--stall", str(args.stall)]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -190,13 +248,16 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def row(words: int, pace: float, results: list[TurnResult], searches: list[float]) -> str:
+def row(
+    words: int, pace: float, tool_ms: float, results: list[TurnResult], searches: list[float]
+) -> str:
     first = [r.first_response_ms or r.latency_ms for r in results]
     complete = [r.latency_ms for r in results]
     kinds = Counter(kind(result) for result in results)
     held = sum(1 for r in results if len(r.replies) > 1)
     return (
-        f"| {words} words | {pace:g} tokens/s | {percentile(first, 50):.0f} ms "
+        f"| {words} words | {pace:g} tokens/s | {f'{tool_ms:g} ms' if tool_ms else 'none'} "
+        f"| {percentile(first, 50):.0f} ms "
         f"| {percentile(first, 95):.0f} ms | {percentile(complete, 95):.0f} ms "
         f"| {kinds[MODEL] / len(results):.1%} | {held / len(results):.1%} "
         f"| {percentile(searches, 95):.0f} ms |"
@@ -231,6 +292,13 @@ def main() -> None:
     parser.add_argument("--embedder", help="knowledge.embedder (default: the config default)")
     parser.add_argument("--deadline", type=float, default=2.0, help="brain.deadline, seconds")
     parser.add_argument(
+        "--tool-ms",
+        type=float,
+        nargs="*",
+        default=[0.0],
+        help="rows with a tool call of this many ms before each answer (0: no tool)",
+    )
+    parser.add_argument(
         "--think",
         type=float,
         default=2.0,
@@ -242,24 +310,23 @@ def main() -> None:
     rows, notes = [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as temporary:
-        for words in args.words:
-            for pace in args.pace:
-                port = free_port()
-                fake = fake_api(port, words, pace, args)
-                try:
-                    asyncio.run(wait_listening(port, fake))
-                    results, searches = asyncio.run(
-                        run(args, args.data_dir or Path(temporary), port)
-                    )
-                finally:
-                    fake.terminate()
-                    fake.wait(timeout=10)
-                rows.append(row(words, pace, results, searches))
-                outcomes = Counter(kind(result) for result in results).most_common()
-                notes.append(
-                    f"{words} words at {pace:g} tokens/s: "
-                    + ", ".join(f"{name} {n / len(results):.1%}" for name, n in outcomes)
+        for words, pace, tool_ms in itertools.product(args.words, args.pace, args.tool_ms):
+            port = free_port()
+            fake = fake_api(port, words, pace, args, tool_ms)
+            try:
+                asyncio.run(wait_listening(port, fake))
+                results, searches = asyncio.run(
+                    run(args, args.data_dir or Path(temporary), port, tool_ms)
                 )
+            finally:
+                fake.terminate()
+                fake.wait(timeout=10)
+            rows.append(row(words, pace, tool_ms, results, searches))
+            outcomes = Counter(kind(result) for result in results).most_common()
+            notes.append(
+                f"{words} words at {pace:g} tokens/s, tool {tool_ms:g} ms: "
+                + ", ".join(f"{name} {n / len(results):.1%}" for name, n in outcomes)
+            )
     model = f"stalled {args.stall:g} s" if args.stall else f"first token {args.first_token:g} s"
     print(
         f"{args.messages} messages a row, {args.conversations} concurrent conversations, web "
@@ -268,10 +335,10 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine)"
     )
     print(
-        "| answer | output rate | first visible p50 | first visible p95 | complete p95 "
+        "| answer | output rate | tool call | first visible p50 | first visible p95 | complete p95 "
         "| from the model | holding line | retrieval p95 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for line in rows:
         print(line)
     for note in notes:

@@ -165,7 +165,7 @@ class GroundedAnswerer(ABC):
                 confidence=0.0,
             )
         else:
-            decision = await self.answer(message, earlier, passages, draft)
+            decision = await self.answer(message, conversation, earlier, passages, draft)
         return self._judge.after_answer(decision, conversation, reading)
 
     async def _read_intent(
@@ -189,12 +189,14 @@ class GroundedAnswerer(ABC):
     async def answer(
         self,
         message: Inbound,
+        conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage],
         draft: Draft | None = None,
     ) -> Decision:
         """The answer, or an escalation, once no rule has decided alone; an answerer that
-        writes its reply gradually shows it in `draft` as it goes."""
+        writes its reply gradually shows it in `draft` as it goes, and one that acts for the
+        customer keeps what waits for their confirmation in `conversation`."""
 
     async def close(self) -> None:
         """Nothing to release by default."""

@@ -21,28 +21,45 @@ escalates with `model_unavailable`.
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import jiter
 import structlog
 from anthropic import APIConnectionError, APIError, APIStatusError, AsyncAnthropic
+from anthropic.types import MessageParam, ToolParam, ToolResultBlockParam, ToolUseBlockParam
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from brain.answerer import GroundedAnswerer, deadline_of, sources_of
 from brain.config import BrainConfig
+from brain.confirmation import confirms
 from brain.escalation import escalate
 from brain.knowledge import KnowledgeBase
+from brain.ledger import CallLedger
 from brain.offline import OfflineAnswerer
 from brain.prompt import (
     DECISION_TOOL,
     DECISION_TOOL_NAME,
     SYSTEM_BLOCKS,
+    TOOLS_SYSTEM_BLOCKS,
     ModelDecision,
     messages_for,
+    tool_result_text,
 )
+from brain.tools import ToolResult
 from gateway.answering import Draft, Passage
-from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
+from gateway.message import (
+    Action,
+    Conversation,
+    Decision,
+    Inbound,
+    PendingAction,
+    Reason,
+    TranscriptEntry,
+    utcnow,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -60,8 +77,24 @@ class IncompleteDecision(ValueError):
     """The stream ended without a complete decision tool call (cut at max_tokens, no call)."""
 
 
+@dataclass
+class _ToolUse:
+    """One tool_use block of a streamed response, its input JSON as it arrived."""
+
+    id: str
+    name: str
+    json: str = ""
+
+    def block(self) -> ToolUseBlockParam:
+        arguments = json.loads(self.json or "{}")
+        return {"type": "tool_use", "id": self.id, "name": self.name, "input": arguments}
+
+
 class ClaudeAnswerer(GroundedAnswerer):
-    def __init__(self, knowledge: KnowledgeBase, config: BrainConfig) -> None:
+    def __init__(
+        self, knowledge: KnowledgeBase, config: BrainConfig, ledger: CallLedger | None = None
+    ) -> None:
+        """`ledger`: the business's tools, offered to the model when any is configured."""
         super().__init__(knowledge, config)
         if config.anthropic_api_key is None:
             raise ValueError("brain.anthropic_api_key is required (set ANTHROPIC_API_KEY)")
@@ -72,48 +105,123 @@ class ClaudeAnswerer(GroundedAnswerer):
             max_retries=0,  # retried below, within the deadline
             timeout=config.answer_time,
         )
+        self._ledger = ledger
+        self._offer: list[ToolParam] | None = None  # built on first use: see `_offered`
 
     async def close(self) -> None:
         await self._client.close()
 
+    def _offered(self) -> list[ToolParam]:
+        """What the model may call besides the decision: the business's tools and, with
+        procedures configured, one to start a procedure. Built on first use (the runtime sets
+        `procedures` after the constructor), then the same on every request, as the prompt
+        cache needs."""
+        if self._offer is None:
+            schemas = self._ledger.tools.schemas() if self._ledger is not None else []
+            self._offer = [ToolParam(**schema) for schema in schemas]  # type: ignore[typeddict-item]
+            if self.procedures is not None and (procedures := self.procedures.describe()):
+                self._offer.append(start_procedure_tool(procedures))
+        return self._offer
+
     async def answer(
         self,
         message: Inbound,
+        conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage],
         draft: Draft | None = None,
     ) -> Decision:
         deadline = deadline_of(message, self._config, self._config.answer_time)
-        retrying = AsyncRetrying(
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._converse(
+                    message, conversation, history, passages, deadline, draft
+                )
+        except (TimeoutError, APIError, ValueError) as error:
+            return await self._fall_back(message, conversation, history, passages, _describe(error))
+
+    async def _converse(
+        self,
+        message: Inbound,
+        conversation: Conversation,
+        history: list[TranscriptEntry],
+        passages: list[Passage],
+        deadline: float,
+        draft: Draft | None,
+    ) -> Decision:
+        """Ask the model; run the tools it calls and ask again with their results, for up to
+        `brain.max_tool_rounds` rounds, until it records its decision."""
+        config = self._config
+        messages = messages_for(message.content, history, passages, config.history_turns)
+        if (confirmed := self._confirmed(message, conversation)) is not None:
+            use = _ToolUse("toolu_confirmed", confirmed.tool, json.dumps(confirmed.arguments))
+            result = await self._call(use, message, conversation)
+            if result.failed:
+                return self._tool_failed([result])
+            messages += _exchange([use], [_result_block(use, result)])
+        for round_ in range(config.max_tool_rounds + 1):
+            uses: Decision | list[_ToolUse] = await self._retrying(deadline)(
+                self._ask,
+                messages,
+                passages,
+                deadline,
+                draft,
+                tools=round_ < config.max_tool_rounds,
+            )
+            if isinstance(uses, Decision):
+                return uses
+            started = next((use for use in uses if use.name == START_PROCEDURE), None)
+            if started is not None and self.procedures is not None:
+                name = json.loads(started.json or "{}").get("procedure")
+                if name in self.procedures.describe():  # else: the model hears it is unknown
+                    return await self.procedures.start(name, message, conversation)
+            self._hold_if_slow(uses, message, draft)
+            blocks, failed = [], []
+            for use, outcome in zip(
+                uses,
+                await asyncio.gather(*(self._use(use, message, conversation) for use in uses)),
+                strict=True,
+            ):
+                blocks.append(outcome if isinstance(outcome, dict) else _result_block(use, outcome))
+                if not isinstance(outcome, dict) and outcome.failed and not outcome.correctable:
+                    failed.append(outcome)
+            if failed:
+                return self._tool_failed(failed)
+            messages += _exchange(uses, blocks)
+        raise IncompleteDecision("no decision after the last tool round")  # it is forced then
+
+    def _retrying(self, deadline: float) -> AsyncRetrying:
+        return AsyncRetrying(
             retry=retry_if_exception(_transient),
             wait=_wait,
             stop=stop_after_attempt(self._config.max_attempts) | self._out_of_time(deadline),
             before_sleep=_log_retry,
             reraise=True,
         )
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await retrying(self._ask, message, history, passages, deadline, draft)
-        except (TimeoutError, APIError, ValueError) as error:
-            return await self._fall_back(message, history, passages, _describe(error))
 
     async def _ask(
         self,
-        message: Inbound,
-        history: list[TranscriptEntry],
+        messages: list[MessageParam],
         passages: list[Passage],
         deadline: float,
         draft: Draft | None,
-    ) -> Decision:
+        *,
+        tools: bool,
+    ) -> Decision | list[_ToolUse]:
+        """One streamed model turn: the decision, or the business's tools it calls first."""
         config = self._config
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.01)
+        offered = self._offered()
+        offer = tools and bool(offered)
         stream = await self._client.messages.create(
             model=config.model,
             max_tokens=config.max_tokens,
-            system=SYSTEM_BLOCKS,
-            tools=[DECISION_TOOL],
-            tool_choice={"type": "tool", "name": DECISION_TOOL_NAME},
-            messages=messages_for(message.content, history, passages, config.history_turns),
+            system=TOOLS_SYSTEM_BLOCKS if offered else SYSTEM_BLOCKS,
+            # The same tools on every turn (the prompt cache holds them; the decision last, so
+            # its breakpoint caches them all); the last turn must decide.
+            tools=[*offered, DECISION_TOOL],
+            tool_choice={"type": "any"} if offer else {"type": "tool", "name": DECISION_TOOL_NAME},
+            messages=messages,
             stream=True,
             timeout=remaining,
         )
@@ -121,22 +229,100 @@ class ClaudeAnswerer(GroundedAnswerer):
         # message on every event, which at 50 concurrent streams costs more CPU than the rest
         # of the turn. The tool input so far is parsed by jiter in partial mode instead, for
         # the reply so far (a decision is a few hundred bytes: well under a microsecond each).
-        call: str | None = None
+        uses: dict[int, _ToolUse] = {}
         stop_reason = None
         async with stream:
             async for event in stream:
                 if event.type == "content_block_start" and event.content_block.type == "tool_use":
-                    call = "" if event.content_block.name == DECISION_TOOL_NAME else None
+                    block = event.content_block
+                    uses[event.index] = _ToolUse(block.id, block.name)
                 elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
-                    if call is not None:
-                        call += event.delta.partial_json
-                        if draft is not None and call.strip():
-                            self._draft(call, draft)
+                    if (use := uses.get(event.index)) is not None:
+                        use.json += event.delta.partial_json
+                        if (
+                            draft is not None
+                            and use.name == DECISION_TOOL_NAME
+                            and use.json.strip()
+                        ):
+                            self._draft(use.json, draft)
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason
-        if call is None or stop_reason != "tool_use":
+        if stop_reason != "tool_use" or not uses:
             raise IncompleteDecision(f"no complete decision (stop_reason {stop_reason})")
-        return self._decision(ModelDecision.model_validate_json(call or "{}"), passages)
+        decided = next((use for use in uses.values() if use.name == DECISION_TOOL_NAME), None)
+        if decided is not None:  # it stands, whatever else the same turn called
+            return self._decision(ModelDecision.model_validate_json(decided.json or "{}"), passages)
+        if not offer:
+            raise IncompleteDecision("a tool call, but not the decision it was told to make")
+        return list(uses.values())
+
+    def _confirmed(self, message: Inbound, conversation: Conversation) -> PendingAction | None:
+        """The action this message confirms, if one was waiting; a waiting action ends here
+        either way (not confirmed: not done)."""
+        pending, conversation.pending_action = conversation.pending_action, None
+        if pending is None or self._ledger is None or pending.tool not in self._ledger.tools:
+            return None
+        if (utcnow() - pending.asked_at).total_seconds() > self._config.confirm_within:
+            return None
+        return pending if confirms(message.content) else None
+
+    async def _use(
+        self, use: _ToolUse, message: Inbound, conversation: Conversation
+    ) -> ToolResult | ToolResultBlockParam:
+        """Call a tool the model asked for; a change is only proposed, its result the
+        model's cue to ask the customer to confirm it."""
+        if self._ledger is None or use.name not in self._ledger.tools:
+            return _error_block(use, f"there is no tool named {use.name}")
+        tools = self._ledger.tools
+        try:
+            arguments = json.loads(use.json or "{}")
+        except ValueError:
+            return _error_block(use, "the arguments are not JSON")
+        if tools.effect(use.name) != "change":
+            return await self._call(use, message, conversation)
+        unusable = tools.check(use.name, arguments, message.identity)
+        if unusable is not None:
+            return _error_block(use, unusable[1])
+        conversation.pending_action = PendingAction(tool=use.name, arguments=arguments)
+        log.info("tool.proposed", tool=use.name)
+        return {
+            "type": "tool_result",
+            "tool_use_id": use.id,
+            "content": "Not done yet: this changes the customer's account, so it runs only "
+            "once the customer confirms it in their next message. Ask them to confirm exactly "
+            "this: " + json.dumps({use.name: arguments}, ensure_ascii=False),
+        }
+
+    async def _call(
+        self, use: _ToolUse, message: Inbound, conversation: Conversation
+    ) -> ToolResult:
+        assert self._ledger is not None
+        return await self._ledger.call(
+            use.name,
+            json.loads(use.json or "{}"),
+            message=message,
+            conversation=conversation.key,
+            scope=f"claude:{use.name}",
+        )
+
+    def _hold_if_slow(self, uses: list[_ToolUse], message: Inbound, draft: Draft | None) -> None:
+        """The holding line now, when the calls (at their timeout) and one more model turn (at
+        least `brain.retry_min_time`) would end past the first-response deadline."""
+        if draft is None or self._ledger is None:
+            return
+        tools = self._ledger.tools
+        slowest = max((tools.timeout(use.name) for use in uses if use.name in tools), default=0.0)
+        now = asyncio.get_running_loop().time()
+        if now + slowest + self._config.retry_min_time > deadline_of(message, self._config):
+            draft.hold(self._config.messages.checking)
+
+    def _tool_failed(self, failed: list[ToolResult]) -> Decision:
+        return escalate(
+            Reason.TOOL_FAILED,
+            "; ".join(result.describe() for result in failed),
+            reply=self._config.messages.tool_failed,
+            confidence=1.0,
+        )
 
     def _draft(self, call: str, draft: Draft) -> None:
         """The reply so far into `draft`, once the call so far is a confident answer (the
@@ -190,12 +376,13 @@ class ClaudeAnswerer(GroundedAnswerer):
     async def _fall_back(
         self,
         message: Inbound,
+        conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage],
         cause: str,
     ) -> Decision:
         log.warning("claude.unavailable", cause=cause)
-        offline = await self._offline.answer(message, history, passages)
+        offline = await self._offline.answer(message, conversation, history, passages)
         if offline.action is Action.ANSWER:
             note = f"Claude unavailable ({cause}); answered offline. {offline.explanation}"
             return offline.model_copy(update={"explanation": note})
@@ -215,6 +402,44 @@ class ClaudeAnswerer(GroundedAnswerer):
             return now + state.upcoming_sleep + least > deadline
 
         return stop
+
+
+START_PROCEDURE = "start_procedure"
+
+
+def start_procedure_tool(procedures: dict[str, str]) -> ToolParam:
+    listed = "\n".join(f"- {name}: {description}" for name, description in procedures.items())
+    return {
+        "name": START_PROCEDURE,
+        "description": "Start one of the business's step-by-step flows for the customer's "
+        "request; it asks the customer for what it needs and replies itself, so record no "
+        f"decision with it. The flows:\n{listed}",
+        "input_schema": {
+            "type": "object",
+            "properties": {"procedure": {"type": "string", "enum": list(procedures)}},
+            "required": ["procedure"],
+            "additionalProperties": False,
+        },
+    }
+
+
+def _exchange(uses: list[_ToolUse], results: list[ToolResultBlockParam]) -> list[MessageParam]:
+    """The model's tool calls and their results, as the next request's last two messages."""
+    return [
+        {"role": "assistant", "content": [use.block() for use in uses]},
+        {"role": "user", "content": results},
+    ]
+
+
+def _result_block(use: _ToolUse, result: ToolResult) -> ToolResultBlockParam:
+    if result.correctable:
+        return _error_block(use, result.detail)
+    text = tool_result_text(use.name, result.outcome.value, result.status, result.data)
+    return {"type": "tool_result", "tool_use_id": use.id, "content": text}
+
+
+def _error_block(use: _ToolUse, why: str) -> ToolResultBlockParam:
+    return {"type": "tool_result", "tool_use_id": use.id, "content": why, "is_error": True}
 
 
 def _transient(error: BaseException) -> bool:

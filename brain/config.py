@@ -53,6 +53,12 @@ class BrainMessages(Section):
     error: str = "Sorry, something went wrong on our side. Please try again in a moment."
     # Said when no text of the answer is ready by `brain.deadline`; the answer follows.
     wait: str = "One moment…"
+    # Said at once when the model calls a tool that will not be back by `brain.deadline`.
+    checking: str = "Let me check that for you…"
+    # Said when a call to the business's API fails with Claude (procedures have their own).
+    tool_failed: str = (
+        "Sorry, I couldn't reach our systems just now, so I've passed this to our team."
+    )
     # Said instead of an answer when the model is unavailable or a reply broke the policy.
     holding: str = "Sorry, I can't give you a reliable answer to that right now."
     # Said when a rule hands the conversation over (a reserved topic, an account action).
@@ -212,6 +218,12 @@ class BrainConfig(Section):
         default=1.0, description="a failed model call is retried only if this much time is left"
     )
     max_attempts: int = Field(default=3, ge=1, le=10)
+    max_tool_rounds: int = Field(
+        default=3, ge=0, le=10, description="model turns that call tools before it must decide"
+    )
+    confirm_within: Seconds = Field(
+        default=600.0, description="how long an action the model proposed waits for a yes"
+    )
     model_min_confidence: float = Field(
         default=0.5, ge=0.0, le=1.0, description="a model answer below this escalates"
     )

@@ -14,7 +14,7 @@ from itertools import pairwise
 
 from brain.answerer import GroundedAnswerer, sources_of
 from gateway.answering import Draft, Passage
-from gateway.message import Action, Decision, Inbound, Reason, TranscriptEntry
+from gateway.message import Action, Conversation, Decision, Inbound, Reason, TranscriptEntry
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
@@ -35,6 +35,7 @@ class OfflineAnswerer(GroundedAnswerer):
     async def answer(
         self,
         message: Inbound,
+        conversation: Conversation,
         history: list[TranscriptEntry],
         passages: list[Passage],
         draft: Draft | None = None,  # extracted at once: nothing to show before it is whole

@@ -25,6 +25,7 @@ import jmespath
 import structlog
 from pydantic import BaseModel, Field
 
+from brain.confirmation import abandons, confirms
 from brain.escalation import escalate
 from brain.exemplars import Embed, ExemplarIndex
 from brain.ledger import CallLedger
@@ -46,31 +47,11 @@ NOT_A_PROCEDURE = ""
 MAX_STEPS_PER_TURN = 50  # a goto loop in a procedure ends here instead of spinning
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _INTEGER = re.compile(r"-?\d+")
-_WORDS = re.compile(r"[\w']+")
-# A confirmation must be unambiguous: only a clear yes at the start of the reply counts, and
-# a negation anywhere cancels it; everything else is "not confirmed". A word list (rather
-# than the embedder, which puts "yes" and "no" close together) keeps that predictable.
-_YES = frozenset(
-    "yes y yeah yep yup sure ok okay confirm confirmed correct right please go "
-    "ja jawohl jep genau klar gerne bitte richtig korrekt bestätigt "
-    "oui si sí sim tak da".split()
-)
-_NO = frozenset("no not don't dont nope nah nein nicht kein keine non pas nada".split())
-_ABANDON = (
-    "never mind",
-    "nevermind",
-    "stop",
-    "forget it",
-    "cancel that",
-    "quit",
-    "vergiss es",
-    "egal",
-    "abbrechen",
-    "stopp",
-    "lass gut sein",
-    "schon gut",
-    "laisse tomber",
-    "olvídalo",
+# A question: a question mark, or an opening question word (English, German).
+_QUESTION = re.compile(
+    r"\?|^\s*(how|what|when|why|where|which|who|can|could|do|does|is|are|will|would|"
+    r"wie|was|wann|warum|wo|welche[rs]?|kann|können|muss|ist|sind)\b",
+    re.IGNORECASE,
 )
 
 
@@ -87,16 +68,6 @@ class ProcedureState(BaseModel):
     pending: dict[str, Any] | None = None  # the exact arguments the customer is confirming
     opening: str = ""  # the message that started it: it may already hold a slot's value
     updated_at: datetime = Field(default_factory=utcnow)
-
-
-def confirms(text: str) -> bool:
-    words = _WORDS.findall(text.lower())
-    return bool(words) and words[0] in _YES and not _NO.intersection(words)
-
-
-def abandons(text: str) -> bool:
-    flat = " ".join(_WORDS.findall(text.lower()))
-    return any(flat == phrase or flat.startswith(phrase + " ") for phrase in _ABANDON)
 
 
 class ProcedureEngine:
@@ -129,6 +100,44 @@ class ProcedureEngine:
         elif abandons(message.content):
             self.abandon(conversation)
             return _answer(state, self._say(self._settings.messages.abandoned, state), "abandoned")
+        elif self._side_question(state, message.content):
+            # "By when must I skip so I'm not charged?" while it waits for the subscription
+            # number: answered like any question; the procedure waits at the same step.
+            log.info("procedure.side_question", procedure=state.name, step=state.step)
+            return None
+        return await self._run(state, message, conversation)
+
+    def _side_question(self, state: ProcedureState, text: str) -> bool:
+        """A question that does not give the typed or patterned value the procedure asked for
+        (a free-text slot takes any answer)."""
+        if state.awaiting != "slot" or not _QUESTION.search(text):
+            return False
+        step = self._procedures[state.name].steps[state.step]
+        typed = step.type in ("integer", "email") or step.pattern is not None
+        return typed and _fill(step, text, awaited=True) is None
+
+    def describe(self) -> dict[str, str]:
+        """Each procedure's name and what it does, for a model that may start one."""
+        return {name: procedure.description for name, procedure in self._procedures.items()}
+
+    async def start(self, name: str, message: Inbound, conversation: Conversation) -> Decision:
+        """Start procedure `name` on `message` (a model chose it), in the language of its
+        trigger closest to the message; it replaces any other under way."""
+        index = await self._trigger_index()
+        vector = (await self._embed([clean(message.content)]))[0]
+        closest = next((m for m in index.match(vector) if m.label == name), None)
+        language = (
+            self._languages[closest.exemplar]
+            if closest is not None
+            else next(iter(self._procedures[name].triggers))
+        )
+        state = ProcedureState(name=name, language=language, opening=message.content)
+        log.info("procedure.started", procedure=name, language=language, by="model")
+        return await self._run(state, message, conversation)
+
+    async def _run(
+        self, state: ProcedureState, message: Inbound, conversation: Conversation
+    ) -> Decision:
         try:
             decision = await self._turn(state, message, conversation)
         except Exception:

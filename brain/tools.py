@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_HELD = " (Changes the customer's account: held until the customer confirms it.)"
 
 
 class ConnectionConfig(Section):
@@ -159,7 +160,8 @@ class Outcome(StrEnum):
     INVALID = "invalid"  # the arguments broke the schema; nothing was sent
     FAILED = "failed"  # 5xx, a redirect, a connection error, a body past the cap
     TIMEOUT = "timeout"
-    REFUSED = "refused"  # the SSRF guard, or an identity the tool needs is missing
+    REFUSED = "refused"  # the SSRF guard
+    UNVERIFIED = "unverified"  # the tool needs a verified identity the customer does not have
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,12 @@ class ToolResult:
     def failed(self) -> bool:
         """The call did not give an answer the customer can be told (tool_failed)."""
         return self.outcome not in (Outcome.OK, Outcome.REJECTED)
+
+    @property
+    def correctable(self) -> bool:
+        """Nothing was sent, and the caller can mend it: other arguments, or asking the
+        customer for what the business accepts instead of a verified identity."""
+        return self.outcome in (Outcome.INVALID, Outcome.UNVERIFIED)
 
     def describe(self) -> str:
         arguments = json.dumps(self.arguments, ensure_ascii=False, sort_keys=True)
@@ -249,6 +257,9 @@ class ToolBox:
     def effect(self, name: str) -> str:
         return self._tools[name].config.effect
 
+    def timeout(self, name: str) -> float:
+        return self._tools[name].config.timeout
+
     def idempotent(self, name: str) -> bool:
         """Whether a repeated change call is safe: the API dedupes on the idempotency key."""
         return self._tools[name].connection.idempotency_header is not None
@@ -258,11 +269,32 @@ class ToolBox:
         return [
             {
                 "name": name,
-                "description": tool.config.description,
+                "description": tool.config.description
+                + (_HELD if tool.config.effect == "change" else ""),
                 "input_schema": model_schema(tool.config),
             }
             for name, tool in self._tools.items()
         ]
+
+    def check(
+        self, name: str, arguments: Mapping[str, Any], identity: Identity | None
+    ) -> tuple[Outcome, str] | None:
+        """Why a call with `arguments` cannot be made (INVALID, UNVERIFIED, and the detail);
+        None when it can. Checked again by `call`; asked first for a change that is only
+        proposed to the customer, so what they confirm can be done."""
+        tool = self._tools[name]
+        problem = next(iter(tool.validator.iter_errors(dict(arguments))), None)
+        if problem is not None:
+            return Outcome.INVALID, _violation(problem)
+        filled = {
+            parameter
+            for kind, parameter in tool.config.identity.items()
+            if identity is not None and identity.kind is kind
+        }
+        needed = set(tool.config.parameters.get("required", ())) - set(arguments) - filled
+        if needed:
+            return Outcome.UNVERIFIED, f"needs a verified identity for {sorted(needed)}"
+        return None
 
     async def call(
         self,
@@ -292,15 +324,13 @@ class ToolBox:
             )
             return done
 
-        problem = next(iter(tool.validator.iter_errors(arguments)), None)
-        if problem is not None:
-            return result(Outcome.INVALID, detail=_violation(problem))
+        unusable = self.check(name, arguments, identity)
+        if unusable is not None:
+            outcome, detail = unusable
+            return result(outcome, detail=detail)
         for kind, parameter in tool.config.identity.items():
             if identity is not None and identity.kind is kind:
                 arguments[parameter] = identity.value
-        needed = set(tool.config.parameters.get("required", ())) - set(arguments)
-        if needed:
-            return result(Outcome.REFUSED, detail=f"needs a verified identity for {sorted(needed)}")
         try:
             status, body = await self._send(tool, arguments, idempotency_key)
         except Refused as exc:

@@ -36,6 +36,12 @@ class Draft(Protocol):
         """The reply so far: the whole text each time, normally longer than the last."""
         ...
 
+    def hold(self, text: str) -> None:
+        """Say `text` now, as the turn's holding line, when a step that has just begun (a tool
+        call) will not end before the first-response deadline; nothing if the customer has
+        seen something of this turn already."""
+        ...
+
 
 class Answerer(Protocol):
     async def retrieve(

@@ -20,7 +20,15 @@ from pydantic import BaseModel, SecretStr
 from gateway import topics
 from gateway.admission import Admission
 from gateway.bus import Bus
-from gateway.message import Conversation, Inbound, Outbound, Role, TranscriptEntry, TurnResult
+from gateway.message import (
+    Conversation,
+    Inbound,
+    Outbound,
+    RatingAsk,
+    Role,
+    TranscriptEntry,
+    TurnResult,
+)
 from gateway.results import TurnResults
 from gateway.store import Store
 from gateway.topics import DeliveryReport, Topic
@@ -36,6 +44,9 @@ class Capabilities:
     text_limit: int | None  # characters per message; None: no limit, never split
     typing: bool = False  # the channel can show that an answer is being prepared
     streaming: bool = False  # the channel can show a message that grows (`Channel.stream`)
+    # Satisfaction is rated on a page of ours (the email's signed link), which thanks the
+    # customer itself: the pipeline sends no thanks message after such a rating.
+    rating_page: bool = False
 
 
 class ReplyStream(Protocol):
@@ -54,6 +65,11 @@ class ReplyStream(Protocol):
 
     async def replace(self, reply: Outbound) -> None:
         """The message reads `reply.text` instead of what it showed, and is complete."""
+        ...
+
+    @property
+    def handle(self) -> dict[str, str]:
+        """What finds this message again (`Channel.resume`) if the worker writing it dies."""
         ...
 
 
@@ -97,6 +113,17 @@ class Channel(Protocol):
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         """Show `outbound` (the first sentences of a reply) as a message that will grow; None
         where this conversation cannot show one (a Telegram group), so it is sent whole."""
+        ...
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        """The growing message a worker that died left unfinished (its `ReplyStream.handle`),
+        for the worker answering the message again to end (`replace`) instead of starting a
+        second one; None where it cannot be found again."""
+
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        """Ask the customer to rate the help they got, 1 to 5, the channel's own way: buttons
+        that publish a RATING event with `ask.id`, a link, or the question and `ask.hint`
+        (the customer's next message is then the score)."""
         ...
 
 

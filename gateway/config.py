@@ -15,7 +15,17 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.message import Reason
 
@@ -80,7 +90,32 @@ class PipelineConfig(Section):
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WORKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WORKDAYS = WEEKDAYS[:5]
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
+
+
+TimeZoneName = Annotated[
+    str, AfterValidator(_known_zone), Field(description="an IANA time zone, e.g. Europe/London")
+]
+
+
+def _clock_time(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `9:30` as the number 570 (base 60), which would be a time of
+    570 seconds past midnight: only a quoted time of day is taken."""
+    if isinstance(value, int | float):
+        raise ValueError('write the time of day in quotes, as "HH:MM" (YAML reads 9:30 as 570)')
+    return value
+
+
+ClockTime = Annotated[dt_time, BeforeValidator(_clock_time)]
 
 
 class BusinessHours(Section):
@@ -89,14 +124,10 @@ class BusinessHours(Section):
     days: list[Weekday] = Field(default_factory=lambda: list(WORKDAYS))
     start: dt_time = dt_time(9, 0)
     end: dt_time = dt_time(17, 0)
-    timezone: str = Field(default="UTC", description="an IANA time zone, e.g. Europe/London")
+    timezone: TimeZoneName = "UTC"
 
     @model_validator(mode="after")
     def _usable(self) -> BusinessHours:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if not self.days:
             raise ValueError("days: name at least one day")
         if self.start >= self.end:
@@ -163,6 +194,58 @@ class HandoffConfig(Section):
         return self
 
 
+def _en_de(en: str, de: str) -> dict[str, str]:
+    return {"en": en, "de": de}
+
+
+class SatisfactionMessages(Section):
+    """What the ask says, per language code; the first language is the fallback, and the
+    customer's is told from what they wrote, among these."""
+
+    question: dict[str, str] = Field(
+        default_factory=lambda: _en_de(
+            "How would you rate the help you got, from 1 (poor) to 5 (great)?",
+            "Wie bewerten Sie die Hilfe, die Sie bekommen haben, von 1 (schlecht) bis 5 "
+            "(sehr gut)?",
+        )
+    )
+    # Where the channel has no buttons (SMS, WhatsApp, an email without a rating link).
+    hint: dict[str, str] = Field(
+        default_factory=lambda: _en_de(
+            "Just reply with a number from 1 to 5.",
+            "Antworten Sie einfach mit einer Zahl von 1 bis 5.",
+        )
+    )
+    thanks: dict[str, str] = Field(
+        default_factory=lambda: _en_de("Thanks for your rating!", "Danke für Ihre Bewertung!")
+    )
+
+    @model_validator(mode="after")
+    def _same_languages(self) -> SatisfactionMessages:
+        languages = [set(self.question), set(self.hint), set(self.thanks)]
+        if not languages[0] or any(found != languages[0] for found in languages):
+            raise ValueError("question, hint and thanks must name the same languages")
+        return self
+
+
+class SatisfactionConfig(Section):
+    """The satisfaction ask (gateway/satisfaction.py): once per conversation, never while a
+    person has it, answered 1 to 5 on the channel's own buttons, a reply or a link."""
+
+    enabled: bool = True
+    after_agent: bool = Field(default=True, description="ask when an agent resolves")
+    after_bot: bool = Field(default=True, description="ask after a bot answer met with silence")
+    bot_idle: Seconds = Field(
+        default=600.0,
+        description="the silence after a bot answer (no escalation) that asks about it; "
+        "shorter than archive.resolution_window, so the answer rates that contact",
+    )
+    reply_window: Seconds = Field(
+        default=86_400.0, description="a reply that is just a digit 1-5 answers the ask this long"
+    )
+    messages: SatisfactionMessages = Field(default_factory=SatisfactionMessages)
+
+
 class ArchiveConfig(Section):
     """The conversation archive (gateway/archive/) and the report's definitions."""
 
@@ -199,6 +282,27 @@ class ArchiveConfig(Section):
         description="gaps whose questions are this alike are one question: one knowledge-base "
         "draft (stricter than a topic: one page answers one question)",
     )
+
+
+class DigestConfig(Section):
+    """The weekly digest (`gateway/weekly.py`): the week's figures against the week before,
+    posted to the agents' Slack channel once a week, by one worker."""
+
+    enabled: bool = False
+    day: Weekday = "mon"
+    at: ClockTime = Field(default=dt_time(9, 0), description='local time of day, "HH:MM"')
+    timezone: TimeZoneName = "UTC"
+    channel: str | None = Field(
+        default=None, description="Slack channel id (C0...); unset: handoff.escalation_channel"
+    )
+    public_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="the web process as agents reach it; the digest links to its /admin/report",
+    )
+    retry_after: Seconds = Field(
+        default=300.0, description="a digest that failed (or whose worker died) is retried then"
+    )
+    check_interval: Seconds = Field(default=30.0, description="how often workers look for it")
 
 
 class LoggingConfig(Section):

@@ -7,6 +7,7 @@ Nothing past an adapter knows a provider's payload shape; provider-only details 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -83,6 +84,7 @@ class InboundKind(StrEnum):
     HAND_BACK = "hand_back"
     TICK = "tick"  # a hand-off timer fell due (reminder, unclaimed ping, timeout)
     DELIVERY = "delivery"  # a channel reported after the fact that a reply was not delivered
+    RATING = "rating"  # the customer pressed a satisfaction button or link (`Inbound.rating`)
 
 
 class IdentityKind(StrEnum):
@@ -99,6 +101,34 @@ class Identity(Model):
 
     kind: IdentityKind
     value: str = Field(min_length=1)
+
+
+SCORES = range(1, 6)  # satisfaction is rated 1 (poor) to 5 (great) on every channel
+
+
+class Rating(Model):
+    """A satisfaction answer given by a button or a link: which ask it answers, and the score."""
+
+    ask: str = Field(min_length=1, max_length=64)  # `SatisfactionState.ask_id`
+    score: int = Field(ge=SCORES.start, lt=SCORES.stop)
+
+    @property
+    def token(self) -> str:
+        """`rate:<ask>:<score>`: what a button carries back (Telegram's callback data, at most
+        64 bytes; Discord's custom id)."""
+        return f"rate:{self.ask}:{self.score}"
+
+    @classmethod
+    def from_token(cls, token: str) -> Rating | None:
+        """The rating a button's `token` gives; None for anything else."""
+        kind, _, rest = token.partition(":")
+        ask, _, score = rest.partition(":")
+        if kind != "rate" or not score.isdigit():
+            return None
+        try:
+            return cls(ask=ask, score=int(score))
+        except ValueError:
+            return None
 
 
 class Inbound(Model):
@@ -120,6 +150,7 @@ class Inbound(Model):
     thread: str | None = None  # provider thread / reply-to context, when the channel has one
     extras: dict[str, Any] = Field(default_factory=dict)  # provider details, for its adapter only
     identity: Identity | None = None  # what the channel verified; None: nothing was
+    rating: Rating | None = None  # RATING events
 
     @property
     def dedupe_key(self) -> str:
@@ -208,6 +239,17 @@ class Outbound(Model):
     extras: dict[str, Any] = Field(default_factory=dict)
 
 
+class RatingAsk(Model):
+    """A satisfaction ask on its way to the customer (`Channel.ask_rating`): the question,
+    addressed like a reply (`reply`, whose text is the question), and how to answer it where
+    the channel has no buttons (`hint`: "reply with a number from 1 to 5")."""
+
+    id: str  # what the buttons and links carry back (`Rating.ask`)
+    reply: Outbound
+    hint: str
+    language: str
+
+
 class Mode(StrEnum):
     BOT = "bot"
     WAITING = "waiting"
@@ -244,6 +286,45 @@ class TranscriptEntry(Model):
     tool_call: ToolCallRecord | None = None
 
 
+class PendingAction(Model):
+    """A change to the customer's account the model asked for: done, exactly as recorded here,
+    only if the customer's next message confirms it."""
+
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    asked_at: datetime = Field(default_factory=utcnow)
+
+
+def turn_calls(transcript: Sequence[TranscriptEntry], message_id: str) -> list[ToolCallRecord]:
+    """The calls made for one customer message (`Inbound.id`), in order: the tool entries
+    after its own entry, up to the next customer message. A conversation's messages are
+    processed one at a time, so nothing else writes between them; [] when its entry is not
+    in `transcript`."""
+    calls: list[ToolCallRecord] = []
+    mine = False
+    for entry in transcript:
+        if entry.role is Role.CUSTOMER:
+            if mine:
+                break
+            mine = entry.message_id == message_id
+        elif mine and entry.tool_call is not None:
+            calls.append(entry.tool_call)
+    return calls
+
+
+class SatisfactionState(BaseModel):
+    """The satisfaction ask of a conversation (gateway/satisfaction.py): at most one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    due_at: datetime | None = None  # an ask after a bot answer, scheduled (store.schedule)
+    ask_id: str | None = None  # the ask sent; None: not asked yet
+    asked_at: datetime | None = None
+    language: str | None = None  # the language it was asked in
+    reply_open: bool = False  # the customer's next message may be the score ("4")
+    score: int | None = None  # the answer; the first one counts
+
+
 class Conversation(BaseModel):
     """Mutable state of one conversation; the transcript is stored beside it, append-only."""
 
@@ -273,6 +354,9 @@ class Conversation(BaseModel):
     pinged: bool = False  # the escalation channel was pinged about this unclaimed wait
     # The procedure under way (brain/procedures.py's state), so any worker resumes its step.
     procedure: dict[str, Any] = Field(default_factory=dict)
+    # An action the model asked to take, waiting for the customer's confirmation (brain/claude.py).
+    pending_action: PendingAction | None = None
+    satisfaction: SatisfactionState = Field(default_factory=SatisfactionState)
 
 
 class TurnResult(Model):

@@ -69,6 +69,17 @@ SATISFACTION = Counter(
     "Satisfaction answers by score (1-5)",
     ["score", "channel"],
 )
+DIGESTS = Counter(
+    "gateway_digests_total",
+    "Weekly digests to the agents' channel (gateway/weekly.py): posted, or failed (retried)",
+    ["outcome"],
+)
+SATISFACTION_ASKS = Counter(
+    "gateway_satisfaction_asks_total",
+    "Satisfaction asks sent, by what prompted them (agent: resolved; bot: an answer met with "
+    "silence)",
+    ["trigger", "channel"],
+)
 ARCHIVE_WRITTEN = Counter("gateway_archive_written_total", "Archive events committed")
 ARCHIVE_FAILURES = Counter(
     "gateway_archive_write_failures_total", "Archive batches that failed to commit (retried)"
@@ -78,9 +89,14 @@ ARCHIVE_DROPPED = Counter(
     "Archive events dropped from a full in-memory buffer (no Redis, database down for long)",
 )
 
+# Archived events that are not hand-off outcomes (tool calls have their own series above).
+_NOT_OUTCOMES = frozenset(
+    {EventKind.TURN, EventKind.AGENT_REPLY, EventKind.DELIVERY_FAILED, EventKind.TOOL_CALL}
+)
+
 
 def observe_archived(event: ArchiveEvent) -> None:
     if event.kind is EventKind.SATISFACTION and event.score is not None:
         SATISFACTION.labels(str(event.score), event.channel).inc()
-    elif event.kind not in (EventKind.TURN, EventKind.AGENT_REPLY, EventKind.DELIVERY_FAILED):
+    elif event.kind not in _NOT_OUTCOMES:
         OUTCOMES.labels(event.kind.value, event.channel).inc()

@@ -32,6 +32,7 @@ from gateway.message import (
 )
 from gateway.relay import Relay
 from gateway.results import TurnResults
+from gateway.satisfaction import Satisfaction
 from gateway.store import Store
 from gateway.streaming import LiveReply
 
@@ -67,6 +68,7 @@ class Pipeline:
         first_response: float,
         relay: Relay | None = None,
         archive: Recorder | None = None,
+        satisfaction: Satisfaction | None = None,
     ) -> None:
         """`first_response`: seconds from a message's receipt after which, if no text of the
         answer is shown yet, the customer is told `texts.wait` while the answer is finished."""
@@ -79,6 +81,7 @@ class Pipeline:
         self._first_response = first_response
         self._relay = relay  # the human hand-off; None without an agents' console
         self._archive = archive  # only enqueues: the database is written off the reply's path
+        self._satisfaction = satisfaction  # the satisfaction ask; None: never asked
 
     async def handle(self, message: Inbound) -> TurnResult:
         structlog.contextvars.bind_contextvars(
@@ -98,9 +101,9 @@ class Pipeline:
         if await self._store.is_processed(message.dedupe_key):
             log.info("pipeline.duplicate", provider_message_id=message.provider_message_id)
             return _result(message, Decision(action=Action.ANSWER), (), duplicate=True)
-        # Agents' events, hand-off timers and delivery reports go to the relay: no bot turn.
+        # Agents' events, timers, delivery reports and ratings: no bot turn.
         if message.kind is not InboundKind.CUSTOMER:
-            return await self._relay_event(message)
+            return await self._event(message)
         # Retrieval starts once the transcript is read (a follow-up is searched with the
         # customer's previous turn) and runs while the state loads.
         transcript = asyncio.create_task(
@@ -117,7 +120,8 @@ class Pipeline:
         conversation.reply_extras = message.extras
         history = await transcript
         latest = history[-RECOVERY_WINDOW:]
-        if not any(entry.message_id == message.id for entry in latest):
+        taken_over = any(entry.message_id == message.id for entry in latest)
+        if not taken_over:
             await self._store.append(
                 message.conversation,
                 TranscriptEntry(role=Role.CUSTOMER, text=message.content, message_id=message.id),
@@ -126,6 +130,12 @@ class Pipeline:
             entry.in_reply_to == message.id and not entry.holding for entry in latest
         )
         held = any(entry.in_reply_to == message.id and entry.holding for entry in latest)
+        # A reply that is only a digit, next after the satisfaction ask, is its answer.
+        satisfaction = self._satisfaction
+        score = satisfaction.replied_score(conversation, message) if satisfaction else None
+        if satisfaction is not None and score is not None and not already_answered:
+            retrieval.cancel()
+            return await self._rated(message, conversation, satisfaction, score)
 
         # 3. Decide: the bot answers only while no person owns the conversation, and only
         #    once: a reply a previous attempt already sent is not worked out again (one that
@@ -154,6 +164,8 @@ class Pipeline:
             # it is written (where the channel streams), or a holding line does at the
             # first-response deadline (gateway/streaming.py).
             live = self._live_reply(message, wait=not held)
+            if taken_over:
+                await live.resume()  # the growing message a dead worker left, if any
             decision = await self._decide(message, conversation, history, retrieval, live)
             await typing
 
@@ -162,6 +174,8 @@ class Pipeline:
 
         # 5. Record the outcome, then mark the message done.
         conversation.failed_turns = conversation.failed_turns + 1 if decision.is_failed_turn else 0
+        if self._satisfaction is not None:
+            await self._satisfaction.after_turn(conversation, decision, replied=bool(replies))
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
         shown = live.first_response_ms if live else None
@@ -238,21 +252,63 @@ class Pipeline:
         reply = " ".join(filter(None, (decision.reply, arrival or self._texts.no_agents)))
         return decision.model_copy(update={"reply": reply})
 
-    async def _relay_event(self, message: Inbound) -> TurnResult:
-        """An agent's reply or button, a hand-off timer, a delivery report: the relay acts."""
+    async def _event(self, message: Inbound) -> TurnResult:
+        """An agent's reply or button, a timer, a delivery report (the hand-off relay acts), or
+        a satisfaction rating given by a button or a link."""
         conversation = await self._store.load(message.conversation)
-        if self._relay is None or conversation is None:
-            log.warning("pipeline.event_dropped", kind=message.kind.value, relay=bool(self._relay))
+        satisfaction = self._satisfaction
+        replies: tuple[str, ...] = ()
+        if conversation is None:
+            log.warning("pipeline.event_dropped", kind=message.kind.value, why="no conversation")
+        elif message.kind is InboundKind.RATING:
+            if satisfaction is not None and message.rating is not None:
+                rating = message.rating
+                replies = await satisfaction.answer(
+                    conversation, message, ask=rating.ask, score=rating.score
+                )
+                await self._save(conversation)
+        elif (
+            message.kind is InboundKind.TICK
+            and satisfaction
+            and satisfaction.owns_tick(conversation)
+        ):
+            await satisfaction.tick(conversation)
+            await self._save(conversation)
+        elif self._relay is None:
+            log.warning("pipeline.event_dropped", kind=message.kind.value, why="no relay")
         else:
             before = conversation.mode
             await self._relay.handle(message, conversation)
-            conversation.updated_at = datetime.now(UTC)
-            await self._store.save(conversation)
+            if satisfaction is not None:
+                await satisfaction.after_relay(message, before, conversation)
+            await self._save(conversation)
             if self._archive is not None:
                 await self._archive.relay_event(message, before, conversation)
         await self._store.mark_processed(message.dedupe_key)
-        explanation = f"{message.kind.value}: handled by the hand-off relay."
-        return _result(message, Decision(action=Action.HUMAN, explanation=explanation), ())
+        explanation = f"{message.kind.value}: not a question, no bot turn."
+        return _result(message, Decision(action=Action.HUMAN, explanation=explanation), replies)
+
+    async def _rated(
+        self,
+        message: Inbound,
+        conversation: Conversation,
+        satisfaction: Satisfaction,
+        score: int,
+    ) -> TurnResult:
+        """The customer's reply was the score the satisfaction ask asked for: recorded and
+        thanked for, instead of a turn (the archive keeps it as the rating, not a question)."""
+        ask = conversation.satisfaction.ask_id
+        assert ask is not None  # a reply answers only an ask that was sent
+        replies = await satisfaction.answer(conversation, message, ask=ask, score=score)
+        await self._save(conversation)
+        await self._store.mark_processed(message.dedupe_key)
+        explanation = f"A satisfaction rating ({score} of 5), not a question."
+        decision = Decision(action=Action.ANSWER, explanation=explanation)
+        return _result(message, decision, replies)
+
+    async def _save(self, conversation: Conversation) -> None:
+        conversation.updated_at = datetime.now(UTC)
+        await self._store.save(conversation)
 
     def _within_policy(self, decision: Decision | None, violation: Violation | None) -> Decision:
         """A reply that breaks the operator's policy is never sent: a holding reply and an

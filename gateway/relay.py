@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from babel.dates import format_datetime, format_timedelta
 
-from gateway import metrics, topics
+from gateway import metrics, timers, topics
 from gateway.bus import Bus
 from gateway.channel import Channel
 from gateway.console import AgentConsole, AgentThread, EscalationCard
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SWEEP_BATCH = 100
 SUMMARY_MESSAGES = 3
 SUMMARY_CHARS = 240
 _AGENT_EVENTS = {
@@ -214,38 +213,12 @@ class Relay:
         reports: asyncio.Queue[topics.DeliveryReport] = asyncio.Queue()
         topics.subscribe(self._bus, topics.DELIVERY, reports.put_nowait)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._sweep(sweep_interval or self._config.sweep_interval))
+            interval = sweep_interval or self._config.sweep_interval
+            group.create_task(timers.sweep(self._store, self._bus, interval, self._now))
             group.create_task(self._forward_reports(reports))
 
-    async def _sweep(self, interval: float) -> None:
-        # A due timer stays due until its tick is processed, so each sweep would find it
-        # again: remember what was published, and publish a timer only once per worker.
-        published: dict[str, datetime] = {}
-        while True:
-            try:
-                due = await self._store.due(self.clock(), SWEEP_BATCH)
-                for key, at in due:
-                    if published.get(key) != at:
-                        await self._publish_tick(key, at)
-                published = dict(due)
-            except Exception:
-                log.exception("relay.sweep_failed")  # the store is down: try again next time
-            await asyncio.sleep(interval)
-
-    async def _publish_tick(self, key: str, at: datetime) -> None:
-        conversation = await self._store.load(key)
-        if conversation is None:  # expired while waiting
-            await self._store.unschedule(key)
-            return
-        await self._bus.publish(
-            Inbound(
-                kind=InboundKind.TICK,
-                channel=conversation.channel,
-                conversation=key,
-                sender="handoff-timer",
-                provider_message_id=f"tick:{key}:{at.timestamp():.3f}",
-            )
-        )
+    def _now(self) -> datetime:
+        return self.clock()  # read at each sweep: tests move the clock while the relay runs
 
     async def _forward_reports(self, reports: asyncio.Queue[topics.DeliveryReport]) -> None:
         while True:

@@ -9,7 +9,9 @@ answerer as the `Draft` its reply is written into. Before the turn ends the cust
   that breaks the policy releases nothing more: `wait_for` stops the answerer, and the
   pipeline's policy escalation replaces what was shown;
 - a holding line ("One moment…"), when the answer is being worked out (`wait_for`) and nothing
-  was released by the first-response deadline: a message of its own, recorded as the turn's
+  was released by the first-response deadline, or earlier, when the answerer knows a step it
+  has just begun will outlast that deadline (`hold`: "Let me check that for you…" as a tool
+  call starts): a message of its own, recorded as the turn's
   first part (`TranscriptEntry.holding`), so a worker that takes the message over after a
   crash does not say it again. A message that reaches the answerer past that deadline already
   (a backlog, a cold start's first search) is answered as soon as it can be, without one.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Awaitable
 from datetime import datetime
@@ -79,6 +82,7 @@ class LiveReply:
         self._released = 0  # characters of the draft the policy check passed
         self._shown = ""  # what the growing message shows
         self._stream: ReplyStream | None = None
+        self._resumed = False  # `_stream` is a message a dead worker left growing
         self._pump: asyncio.Task[None] | None = None  # sends released text, in order
         self._more = asyncio.Event()
         self._blocked = asyncio.Event()
@@ -118,6 +122,26 @@ class LiveReply:
             self._pump = asyncio.create_task(self._push())
         self._more.set()
 
+    def hold(self, text: str) -> None:
+        if self._wait is None or self._holding is not None:
+            return  # said already (before a crash, or just now)
+        self._hold(text)
+
+    async def resume(self) -> None:
+        """For a message a worker that died left half-done: find the growing message it was
+        writing, if any, so the answer ends that one (`replace`) instead of opening a second.
+        Nothing more is shown before the answer is whole, and no holding line is said (the
+        customer saw the start of an answer)."""
+        if not self._streams or self._channel is None:
+            return
+        saved = await self._store.saved_response(self._stream_key)
+        if saved is None:
+            return
+        stream = await self._channel.resume(self._reply, json.loads(saved))
+        if stream is not None:
+            log.info("streaming.resumed", channel=self._reply.channel)
+            self._stream, self._resumed, self._streams, self._wait = stream, True, False, None
+
     async def wait_for(self, work: Awaitable[T]) -> T | None:
         """What `work` (whatever works out the reply) returns, the holding line said meanwhile
         at the first-response deadline if nothing was shown by then; None, `work` cancelled,
@@ -125,7 +149,7 @@ class LiveReply:
         is not worth waiting for."""
         left = self._first_response - (utcnow() - self._received_at).total_seconds()
         if self._wait is not None and left > 0 and self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(left, self._hold)
+            self._hold_timer = asyncio.get_running_loop().call_later(left, self._hold, self._wait)
         task = asyncio.ensure_future(work)
         blocked = asyncio.create_task(self._blocked.wait())
         try:
@@ -173,7 +197,7 @@ class LiveReply:
         reply = self._reply.model_copy(update={"text": text, "sources": sources})
         first, *rest = self._channel.split(text) or [text]
         try:
-            if first.startswith(self._shown):
+            if not self._resumed and first.startswith(self._shown):
                 if first != self._shown:
                     await stream.append(first[len(self._shown) :])
                 await stream.finish(reply.model_copy(update={"text": first}))
@@ -202,6 +226,9 @@ class LiveReply:
                     if self._stream is None:
                         self._streams = False  # not in this conversation: sent whole at the end
                         return
+                    # Where a worker that takes the message over finds it (`resume`).
+                    handle = json.dumps(self._stream.handle)
+                    await self._store.save_response(self._stream_key, handle)
                 else:
                     await self._stream.append(chunk)
             except Exception:
@@ -212,10 +239,12 @@ class LiveReply:
             self._shown += chunk
             self._shown_now()
 
-    def _hold(self) -> None:
-        if self._released or self._closed or self._wait is None:
+    def _hold(self, text: str) -> None:
+        if self._released or self._closed or self._holding is not None:
             return
-        self._holding = asyncio.create_task(self._say_holding(self._wait))
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._holding = asyncio.create_task(self._say_holding(text))
 
     async def _say_holding(self, text: str) -> None:
         line = self._reply.model_copy(update={"text": text})
@@ -223,6 +252,10 @@ class LiveReply:
         if delivered.parts:
             self._shown_now()
             self._parts.extend(delivered.parts)
+
+    @property
+    def _stream_key(self) -> str:
+        return f"stream:{self._reply.conversation}:{self._reply.in_reply_to}"
 
     def _shown_now(self) -> None:
         if self.first_shown_at is None:

@@ -15,7 +15,9 @@ class CountingEmbedder:
     def __init__(self, inner: Embedder) -> None:
         self.name, self.dimensions, self._inner = inner.name, inner.dimensions, inner
         self.embedded: list[str] = []
+        self.calls: list[int] = []  # the number of texts of each call
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.embedded.extend(texts)
+        self.calls.append(len(texts))
         return self._inner.embed(texts)

@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app.http import build_app
+from gateway.app.processes import timers_and_reports
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
 from gateway.bus import Bus, Keep
@@ -48,8 +49,9 @@ class Gateway:
     ) -> AsyncIterator[Self]:
         """`embedded`: the in-process bus and store whatever the config says; `warm`: the
         embedder loaded first, so a first answer is not timed with a cold start; `consume`:
-        what the worker does with each message (default: the pipeline); `timers`: the hand-off
-        relay's sweeper runs too; `extra`: the subclass's own fields."""
+        what the worker does with each message (default: the pipeline); `timers`: the timer
+        sweep (the hand-off relay's, when it has one) runs too; `extra`: the subclass's own
+        fields."""
         async with Runtime.open(config, embedded=embedded) as runtime:
             if warm:
                 await runtime.knowledge.search("warm up", k=1)
@@ -87,11 +89,10 @@ async def working(
     timers: bool = False,
 ) -> AsyncIterator[None]:
     """The worker role of `runtime` while the block runs: its bus consumed by `consume` (the
-    pipeline by default) and, with `timers`, the hand-off relay's sweeper."""
+    pipeline by default) and, with `timers`, the worker's timer sweep."""
     tasks = [asyncio.create_task(runtime.bus.consume(consume or runtime.pipeline.handle))]
     if timers:
-        assert runtime.relay is not None, "timers need the hand-off configured"
-        tasks.append(asyncio.create_task(runtime.relay.run()))
+        tasks.append(asyncio.create_task(timers_and_reports(runtime)))
     try:
         yield
     finally:

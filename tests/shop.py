@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from brain.tools import ConnectionConfig
 from gateway.app.demo_shop import PREFIX, Shop, seeded_shop
+from gateway.app.runtime import Runtime
 from gateway.app.settings import DemoConfig, GatewayConfig, load_config
+from gateway.config import HandoffConfig
+from gateway.pipeline import Pipeline, ReplyTexts
+from gateway.relay import Relay
+from gateway.results import TurnResults
+from tests.fakes.recording import RecordingConsole
 
 SAMPLE_CONFIG = Path(__file__).parent.parent / "config" / "gateway.yaml"
 IDENTITY_SECRET = "site-identity-secret"
@@ -64,3 +70,29 @@ def shop_config(shop_url: str, data_dir: Path, *, redis_url: str | None = None) 
 def signed(value: str, secret: str = IDENTITY_SECRET) -> str:
     """What the operator's site computes: the hex HMAC-SHA256 of the email or user id."""
     return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def pipeline_with_console(runtime: Runtime) -> tuple[Pipeline, RecordingConsole]:
+    """The runtime's answerer in a pipeline whose hand-off goes to a recording console, so a
+    test reads the agents' card of an escalation."""
+    console = RecordingConsole()
+    relay = Relay(
+        console=console,
+        store=runtime.store,
+        bus=runtime.bus,
+        channels=runtime.channels,
+        config=HandoffConfig(escalation_channel="C0AGENTS"),
+    )
+    pipeline = Pipeline(
+        store=runtime.store,
+        answerer=runtime.answerer,
+        policy=runtime.pipeline._policy,
+        channels=runtime.channels,
+        results=TurnResults(runtime.bus),
+        texts=ReplyTexts(
+            error="Broke.", holding="One moment.", no_agents="Email us.", wait="Checking."
+        ),
+        relay=relay,
+        first_response=runtime.config.brain.deadline,
+    )
+    return pipeline, console

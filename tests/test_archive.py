@@ -1,6 +1,7 @@
-"""The conversation archive on real SQLite and a real PostgreSQL server: migrations, rows
-written once whatever is redelivered, the pipeline's turns and hand-off events archived off the
-reply's path, a database outage that delays the archive and loses nothing, retention, erasure.
+"""The conversation archive on real SQLite and a real PostgreSQL server: migrations (and an
+upgrade of a database holding data), rows written once whatever is redelivered, the pipeline's
+turns, hand-off events and tool calls archived off the reply's path, a database outage that
+delays the archive and loses nothing, retention, erasure.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gateway.archive.database import ArchiveDatabase, database_url
 from gateway.archive.migrate import current, upgrade
 from gateway.archive.queue import MemoryArchiveQueue
 from gateway.archive.redis_queue import RedisArchiveQueue
-from gateway.archive.schema import conversations, events, satisfaction, turns
+from gateway.archive.schema import conversations, events, satisfaction, tool_calls, turns
 from gateway.archive.writer import ArchiveWriter
 from gateway.message import (
     Action,
@@ -34,6 +35,7 @@ from gateway.message import (
     Reason,
     Role,
     Source,
+    ToolCallRecord,
     TranscriptEntry,
     conversation_key,
 )
@@ -42,6 +44,7 @@ from tests.conftest import free_port
 from tests.fakes import until
 from tests.fakes.slack_api import FakeSlack
 from tests.harness import Gateway
+from tests.shop import running_shop, shop_config
 from tests.test_handoff import (
     ASK_FOR_A_PERSON,
     DANA,
@@ -95,6 +98,31 @@ def handoff_event(event_id: str, kind: EventKind, customer: str = "kim") -> Arch
     )
 
 
+def tool_call(
+    event_id: str,
+    customer: str = "kim",
+    *,
+    at: datetime = NOW,
+    outcome: str = "ok",
+    status: int | None = 200,
+) -> ArchiveEvent:
+    return ArchiveEvent(
+        id=event_id,
+        kind=EventKind.TOOL_CALL,
+        conversation=conversation_key("rest", customer),
+        channel="rest",
+        customer=customer,
+        at=at,
+        call=ToolCallRecord(
+            tool="get_order",
+            arguments={"order_id": "KC-1002", "email": f"{customer}@example.com"},
+            outcome=outcome,
+            status=status,
+            latency_ms=42.5,
+        ),
+    )
+
+
 async def count(archive: ArchiveDatabase, table: object) -> int:
     async with archive.engine.connect() as connection:
         return int((await connection.execute(select(func.count()).select_from(table))).scalar())
@@ -113,9 +141,33 @@ async def test_migrations_create_the_tables_and_upgrading_again_changes_nothing(
         assert await current(archive) == (revision, head)
         async with archive.engine.connect() as connection:
             names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
-        assert {"conversations", "turns", "events", "satisfaction"} <= set(names)
+        assert {"conversations", "turns", "events", "satisfaction", "tool_calls"} <= set(names)
     finally:
         await archive.close()
+
+
+async def test_db_upgrade_adds_the_tool_calls_to_an_archive_holding_data(
+    archive_url: str, tmp_path: Path
+) -> None:
+    """An archive at 0001 with a week of rows: `gateway db upgrade` takes it to 0002, keeps
+    every row, and tool calls are written from then on."""
+    archive = ArchiveDatabase(database_url(archive_url, tmp_path))
+    await upgrade(archive, "0001")
+    await archive.write([turn("m1"), handoff_event("e1", EventKind.CLAIMED), turn("b1", "bob")])
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"data_dir: {tmp_path}\narchive:\n  database_url: {archive.url}\n")
+    runner = CliRunner()
+    behind = await asyncio.to_thread(runner.invoke, app, ["db", "current", "-c", str(config)])
+    assert behind.exit_code == 1 and "revision 0001, newest 0002" in behind.output
+    upgraded = await asyncio.to_thread(runner.invoke, app, ["db", "upgrade", "-c", str(config)])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "revision 0002" in upgraded.output
+    now = await asyncio.to_thread(runner.invoke, app, ["db", "current", "-c", str(config)])
+    assert now.exit_code == 0, now.output
+    assert [await count(archive, table) for table in (conversations, turns, events)] == [2, 2, 1]
+    await archive.write([tool_call("m1:call:0")])
+    assert await count(archive, tool_calls) == 1
+    await archive.close()
 
 
 async def test_a_batch_written_twice_is_archived_once(database: ArchiveDatabase) -> None:
@@ -125,13 +177,14 @@ async def test_a_batch_written_twice_is_archived_once(database: ArchiveDatabase)
         handoff_event("m2:escalated", EventKind.ESCALATED),
         handoff_event("e1", EventKind.CLAIMED),
         handoff_event("s1", EventKind.SATISFACTION),
+        tool_call("m2:call:0"),
+        tool_call("m2:call:1", outcome="timeout", status=None),
     ]
     await database.write(batch)
     await database.write(batch[1:])  # a redelivery after a crash before the acknowledgement
     await database.write(batch)
-    assert [
-        await count(database, table) for table in (conversations, turns, events, satisfaction)
-    ] == [1, 2, 2, 1]
+    tables = (conversations, turns, events, satisfaction, tool_calls)
+    assert [await count(database, table) for table in tables] == [1, 2, 2, 1, 2]
     async with database.engine.connect() as connection:
         row = (await connection.execute(select(turns).where(turns.c.id == "m1"))).one()
     assert (row.action, row.confidence, row.latency_ms, row.replied) == (
@@ -142,6 +195,13 @@ async def test_a_batch_written_twice_is_archived_once(database: ArchiveDatabase)
     )
     assert row.sources == [{"source": "kb/descaling.md", "title": "Descaling"}]
     assert row.topic == "Descaling"
+    async with database.engine.connect() as connection:
+        calls = (await connection.execute(select(tool_calls).order_by(tool_calls.c.id))).all()
+    assert [(call.tool, call.outcome, call.status, call.latency_ms) for call in calls] == [
+        ("get_order", "ok", 200, 42.5),
+        ("get_order", "timeout", None, 42.5),
+    ]
+    assert calls[0].arguments == {"order_id": "KC-1002", "email": "kim@example.com"}
 
 
 # -- through the real pipeline -----------------------------------------------------------------
@@ -218,6 +278,54 @@ async def test_turns_and_handoff_events_reach_the_archive_once(
     )
 
 
+@pytest.mark.redis
+async def test_a_turns_tool_calls_are_archived_once_even_when_it_is_processed_again(
+    archive_url: str,
+    redis: Redis,
+    redis_url: str,
+    sample_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sample procedures on the demo shop, on Redis: the turn that looked the order up
+    writes one tool-call row; the same message processed again (its worker died after the
+    reply, before marking it done) finds the same calls and writes no second row."""
+    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
+    archive = ArchiveDatabase(database_url(archive_url, tmp_path))
+    await upgrade(archive)
+    async with running_shop() as shop:
+        config = shop_config(shop.url, sample_data_dir, redis_url=redis_url)
+        config = config.model_copy(
+            update={
+                "archive": config.archive.model_copy(
+                    update={"database_url": _secret(archive_url), "flush_interval": 0.05}
+                )
+            }
+        )
+        written = metrics.ARCHIVE_WRITTEN._value.get()
+        async with Gateway.open(config, warm=True) as gw, archiving(gw):
+            assert (
+                "postcode"
+                in (await gw.ask("kim", "Where is my order KC-1002?"))["replies"][0]["text"]
+            )
+            await gw.ask("kim", "SW1A 1AA")
+            looked_up = [m for m in gw.traffic.published if m.kind is InboundKind.CUSTOMER][-1]
+            await redis.delete(f"gw:processed:{looked_up.dedupe_key}")
+            again = await gw.runtime.pipeline.handle(looked_up)
+            assert again.decision.action is Action.ANSWER and not again.duplicate
+            # 2 turns and 1 call, then the turn and its call again.
+            await until(lambda: metrics.ARCHIVE_WRITTEN._value.get() - written >= 5, within=15)
+    async with archive.engine.connect() as connection:
+        [call] = (await connection.execute(select(tool_calls))).all()
+    assert await count(archive, turns) == 2
+    await archive.close()
+    assert call.id == f"{looked_up.id}:call:0"
+    assert (call.tool, call.outcome, call.status) == ("get_order", "ok", 200)
+    assert call.arguments == {"order_id": "KC-1002", "postcode": "SW1A 1AA"}
+    assert (call.conversation, call.customer) == (conversation_key("rest", "kim"), "kim")
+    assert call.latency_ms > 0
+
+
 def _secret(value: str) -> object:
     from pydantic import SecretStr
 
@@ -281,10 +389,18 @@ async def test_a_writer_that_dies_mid_batch_leaves_it_to_another_once(
 
 async def test_retention_deletes_what_is_older(database: ArchiveDatabase) -> None:
     old = NOW - timedelta(days=400)
-    await database.write([turn("old", customer="ann", at=old), turn("new", customer="bob")])
+    await database.write(
+        [
+            turn("old", customer="ann", at=old),
+            tool_call("old:call:0", customer="ann", at=old),
+            turn("new", customer="bob"),
+            tool_call("new:call:0", customer="bob"),
+        ]
+    )
     deleted = await database.purge(NOW - timedelta(days=365))
-    assert deleted == 2  # ann's turn and her conversation
+    assert deleted == 3  # ann's turn, her tool call and her conversation
     assert await count(database, turns) == 1 and await count(database, conversations) == 1
+    assert await count(database, tool_calls) == 1
 
 
 @pytest.mark.redis
@@ -295,7 +411,13 @@ async def test_erase_removes_one_customer_from_the_archive_store_and_transcripts
     archive = ArchiveDatabase(archive_url)
     await upgrade(archive)
     await archive.write(
-        [turn("k1"), handoff_event("k2", EventKind.SATISFACTION), turn("b1", customer="bob")]
+        [
+            turn("k1"),
+            handoff_event("k2", EventKind.SATISFACTION),
+            tool_call("k1:call:0"),
+            turn("b1", customer="bob"),
+            tool_call("b1:call:0", customer="bob"),
+        ]
     )
     store = RedisStore(redis, dedupe_ttl=86_400, conversation_ttl=86_400)
     for customer in ("kim", "bob"):
@@ -315,5 +437,7 @@ async def test_erase_removes_one_customer_from_the_archive_store_and_transcripts
     assert await store.load(bob) is not None and len(await store.transcript(bob)) == 1
     async with archive.engine.connect() as connection:
         left = (await connection.execute(select(turns.c.customer))).scalars().all()
+        calls = (await connection.execute(select(tool_calls.c.customer))).scalars().all()
     assert left == ["bob"] and await count(archive, satisfaction) == 0
+    assert calls == ["bob"]
     await archive.close()

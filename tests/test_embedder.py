@@ -28,12 +28,14 @@ from brain.embedder import (
     DIMENSIONS,
     EMBEDDERS,
     INSTALL_HINT,
+    AcrossCores,
     Embedder,
     MiniLMEmbedder,
     ModelNotFoundError,
     MultilingualUseEmbedder,
     load_embedder,
 )
+from tests.counting_embedder import CountingEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_TEXTS = [
@@ -198,3 +200,17 @@ def test_loading_the_model_imports_neither_torch_nor_the_model_package() -> None
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_large_call_is_cut_across_cores_and_comes_back_whole_in_order(
+    embedder: Embedder,
+) -> None:
+    texts = [f"how do I pause subscription number {n} over the summer" for n in range(20)]
+    counting = CountingEmbedder(embedder)
+    across = AcrossCores(counting, cores=3)
+    vectors = across.embed(texts)
+    assert sorted(counting.calls) == [6, 7, 7]  # three parts, one per core
+    np.testing.assert_allclose(vectors, embedder.embed(texts), atol=1e-5)
+    counting.calls.clear()
+    across.embed(texts[:11])  # too few to gain from parts
+    assert counting.calls == [11]

@@ -15,8 +15,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 
 from adapters.slack_console import card_blocks
-from brain.procedures import abandons, confirms
-from gateway.config import HandoffConfig
+from brain.confirmation import abandons, confirms
 from gateway.console import EscalationCard
 from gateway.message import (
     TOOL_AUTHOR,
@@ -25,12 +24,8 @@ from gateway.message import (
     Role,
     conversation_key,
 )
-from gateway.pipeline import Pipeline, ReplyTexts
-from gateway.relay import Relay
-from gateway.results import TurnResults
-from tests.fakes.recording import RecordingConsole
 from tests.harness import Gateway
-from tests.shop import RunningShop, running_shop, shop_config, signed
+from tests.shop import RunningShop, pipeline_with_console, running_shop, shop_config, signed
 
 
 @pytest.fixture
@@ -273,27 +268,7 @@ async def test_a_confirmation_handled_twice_by_the_engine_acts_once(
 async def test_a_failing_shop_escalates_as_tool_failed_with_the_call_on_the_card(
     gateway: Gateway, shop: RunningShop
 ) -> None:
-    runtime = gateway.runtime
-    console = RecordingConsole()
-    relay = Relay(
-        console=console,
-        store=runtime.store,
-        bus=runtime.bus,
-        channels=runtime.channels,
-        config=HandoffConfig(escalation_channel="C0AGENTS"),
-    )
-    pipeline = Pipeline(
-        store=runtime.store,
-        answerer=runtime.answerer,
-        policy=runtime.pipeline._policy,
-        channels=runtime.channels,
-        results=TurnResults(runtime.bus),
-        texts=ReplyTexts(
-            error="Broke.", holding="One moment.", no_agents="Email us.", wait="Checking."
-        ),
-        relay=relay,
-        first_response=runtime.config.brain.deadline,
-    )
+    pipeline, console = pipeline_with_console(gateway.runtime)
     shop.shop.outage = True
     result = await pipeline.handle(
         Inbound(
@@ -378,3 +353,19 @@ def test_the_slack_card_lists_the_tool_calls() -> None:
     )
     texts = [block["text"]["text"] for block in card_blocks(card) if "text" in block]
     assert any(t.startswith("*Tool calls*") and "get_order" in t and "503" in t for t in texts)
+
+
+async def test_a_question_asked_while_a_procedure_waits_is_answered_and_the_procedure_waits_on(
+    gateway: Gateway, shop: RunningShop
+) -> None:
+    assert "subscription number" in await say(gateway, "side", "Please skip my next delivery")
+    side = await gateway.ask("side", "by when do I have to do it so I'm not charged?")
+    reply = side["replies"][0]["text"]
+    assert "doesn't look like a subscription number" not in reply
+    assert not side["decision"]["explanation"].startswith("Procedure")
+    # The procedure is still at its step: the number is taken, the next one asked.
+    assert "postcode" in await say(gateway, "side", "SUB-1001")
+    assert "Shall I skip your next Duo" in await say(gateway, "side", "SW1A 1AA")
+    # An answer that is no question still gets the re-ask.
+    await say(gateway, "side-2", "Please skip my next delivery")
+    assert "doesn't look like" in await say(gateway, "side-2", "the blue one")

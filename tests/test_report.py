@@ -19,7 +19,7 @@ from gateway.archive.database import ArchiveDatabase, database_url
 from gateway.archive.migrate import upgrade
 from gateway.archive.outcomes import EventRow, Outcome, TurnRow, contacts
 from gateway.archive.report import Report, build_report
-from gateway.message import Action, Reason, Source, conversation_key
+from gateway.message import Action, Reason, Source, ToolCallRecord, conversation_key
 from tests.harness import Gateway
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -130,6 +130,29 @@ def happened(
     )
 
 
+def called(
+    customer: str,
+    at: datetime,
+    tool: str,
+    latency_ms: float,
+    *,
+    outcome: str = "ok",
+    status: int | None = 200,
+    number: int = 0,
+) -> ArchiveEvent:
+    return ArchiveEvent(
+        id=f"{customer}:{at.isoformat()}:call:{number}",
+        kind=EventKind.TOOL_CALL,
+        conversation=conversation_key("rest", customer),
+        channel="rest",
+        customer=customer,
+        at=at,
+        call=ToolCallRecord(
+            tool=tool, arguments={}, outcome=outcome, status=status, latency_ms=latency_ms
+        ),
+    )
+
+
 def known_week() -> list[ArchiveEvent]:
     t = NOW - 4 * DAY
     dan, eve = t + timedelta(hours=1), t + timedelta(hours=2)
@@ -156,6 +179,13 @@ def known_week() -> list[ArchiveEvent]:
         happened("eve", EventKind.ESCALATED, eve),
         happened("eve", EventKind.TIMED_OUT, eve + timedelta(hours=1)),
         turn("fay", NOW - timedelta(hours=1)),  # pending: too early to assume
+        # Tool calls: one before the period; in it 20 lookups and a refusal by the shop (an
+        # answer: not a failure), and two failed returns.
+        called("ann", t - 3 * DAY, "get_order", 900.0),
+        *(called("ann", t, "get_order", float(ms), number=ms) for ms in range(10, 210, 10)),
+        called("bob", t, "get_order", 30.0, outcome="rejected", status=404, number=99),
+        called("cid", t, "start_return", 1000.0, outcome="timeout", status=None),
+        called("cid", t + timedelta(minutes=5), "start_return", 12.0, outcome="failed", status=503),
     ]
 
 
@@ -199,6 +229,27 @@ async def test_the_report_counts_a_known_week(archive: ArchiveDatabase) -> None:
     assert sum(sum(day.values()) for day in report.volume.values()) == 6
 
 
+async def test_the_report_counts_the_tool_calls_by_tool_and_outcome(
+    archive: ArchiveDatabase,
+) -> None:
+    report = await build_report(
+        archive, since=7 * DAY - timedelta(hours=1), window=WINDOW, repeat_window=7 * DAY, now=NOW
+    )
+    calls = report.tool_calls
+    assert (calls.calls, calls.failed) == (23, 2)  # the call before the period not counted
+    assert list(calls.by_tool) == ["get_order", "start_return"]  # most called first
+    lookups, returns = calls.by_tool["get_order"], calls.by_tool["start_return"]
+    assert (lookups.calls, lookups.outcomes, lookups.failed) == (21, {"ok": 20, "rejected": 1}, 0)
+    assert lookups.latency_ms.count == 21 and lookups.latency_ms.p50 == 100.0
+    assert lookups.latency_ms.p95 == 190.0
+    assert (returns.outcomes, returns.failed) == ({"timeout": 1, "failed": 1}, 2)
+    assert [(f.tool, f.outcome, f.status) for f in calls.failures] == [
+        ("start_return", "failed", 503),  # newest first
+        ("start_return", "timeout", None),
+    ]
+    assert calls.failures[0].conversation == conversation_key("rest", "cid")
+
+
 # -- the command and the page ----------------------------------------------------------------
 
 
@@ -220,6 +271,16 @@ async def test_gateway_report_prints_json_and_writes_html(
     assert figures.contacts >= 6  # the period ends now, not at NOW
     page = html.read_text()
     assert page.count("<svg") == 5 and "Volume by day and channel" in page
+    tools = page.split('<h2 id="tool-calls">Tool calls</h2>', 1)[1]
+    # 30 days: the call before the known week's period counts too.
+    assert figures.tool_calls.calls == 24 and "24 calls to your API, 2 failed" in tools
+    assert "<td>get_order</td>" in tools and "ok 21, rejected 1" in tools
+    assert '<td>start_return</td><td>failed</td><td class="n">503</td>' in tools
+    printed = await asyncio.to_thread(
+        runner.invoke, app, ["report", "--since", "30d", "--config", str(config)]
+    )
+    assert printed.exit_code == 0, printed.output
+    assert "tool get_order" in printed.output and "ok 21, rejected 1" in printed.output
     bad = await asyncio.to_thread(runner.invoke, app, ["report", "--since", "soon"])
     assert bad.exit_code == 2 and "a period like" in bad.output
 
@@ -247,3 +308,22 @@ async def test_the_admin_report_needs_the_token_and_is_off_without_one(
         assert "script-src" not in page.headers["Content-Security-Policy"]
         figures = await gw.http.get(f"/admin/report?token={TOKEN}&since=30d&format=json")
         assert Report.model_validate(await figures.json()).contacts >= 6
+
+
+async def test_the_admin_report_of_an_archive_not_migrated_says_so_with_503(
+    archive_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that skipped `gateway db upgrade` (or stopped at an older revision): the
+    page names the fix instead of failing in a query; once migrated, it is served."""
+    database = ArchiveDatabase(database_url(archive_url, tmp_path))
+    await upgrade(database, "0001")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", TOKEN)
+    config = GatewayConfig(data_dir=tmp_path, archive={"database_url": database.url})
+    async with Gateway.open(config, embedded=True) as gw:
+        behind = await gw.http.get(f"/admin/report?token={TOKEN}")
+        assert behind.status == 503 and behind.headers["Retry-After"] == "60"
+        text = await behind.text()
+        assert "revision 0001" in text and "gateway db upgrade" in text
+        await upgrade(database)
+        assert (await gw.http.get(f"/admin/report?token={TOKEN}")).status == 200
+    await database.close()

@@ -1,7 +1,8 @@
 """`gateway test`: the sample business's scenarios pass through the real pipeline (offline
-answerer, the sample help centre in Chroma); a wrong expectation fails with a readable diff;
---junit and --json write what CI systems and scripts read; the labelled sets are scenario
-files too."""
+answerer, the sample help centre in Chroma, the sample procedures calling the demo shop that
+`gateway test` serves); a wrong expectation fails with a readable diff, a tool expectation
+with the calls made; --junit and --json write what CI systems and scripts read; the labelled
+sets are scenario files too."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+import yaml
 from junitparser import Failure, JUnitXml
 from typer.testing import CliRunner, Result
 
 from gateway.app.cli import app
 from gateway.app.scenarios.checks import Outcome, detect_language, mismatches, same_page
 from gateway.app.scenarios.model import Case, ScenarioError, load, load_all
+from gateway.message import ToolCallRecord
 from tests.conftest import SAMPLE_KB
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CONFIG = ROOT / "config" / "gateway.yaml"
 SAMPLE_TESTS = ROOT / "config" / "tests"
 LABELLED = ROOT / "benchmarks" / "data" / "plausible"
 CHANNELS = ["rest", "sms", "email", "webchat"]
@@ -43,15 +47,18 @@ cases:
 
 @pytest.fixture
 def config(sample_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The operator's config: the sample help centre, already ingested (so not again). The
-    answer deadline is generous: these tests are about decisions, on a machine that may be
-    loaded; the deadline has tests and benchmarks of its own."""
+    """The sample config (its tools, its procedures beside it, the demo shop on) over the
+    sample help centre, already ingested (so not again). The answer deadline is generous:
+    these tests are about decisions, on a machine that may be loaded; the deadline has tests
+    and benchmarks of its own."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    sample = yaml.safe_load(SAMPLE_CONFIG.read_text(encoding="utf-8"))
+    sample["data_dir"] = str(sample_data_dir)
+    sample["knowledge"]["sources"] = [str(SAMPLE_KB)]
+    sample["brain"]["deadline"] = 30
     path = tmp_path / "gateway.yaml"
-    path.write_text(
-        f"data_dir: {sample_data_dir}\nknowledge:\n  sources: [{SAMPLE_KB}]\n"
-        "brain:\n  deadline: 30\n"
-    )
+    path.write_text(yaml.safe_dump(sample, allow_unicode=True), encoding="utf-8")
+    (tmp_path / "procedures").symlink_to(SAMPLE_CONFIG.parent / "procedures")
     return path
 
 
@@ -70,7 +77,13 @@ def test_the_sample_business_scenarios_pass(config: Path, tmp_path: Path) -> Non
     assert (document.tests, document.failures, document.errors) == (len(cases), 0, 0)
     assert {suite.name for suite in document} == {
         str(SAMPLE_TESTS / name)
-        for name in ("answers.yaml", "escalations.yaml", "languages.yaml", "safety.yaml")
+        for name in (
+            "answers.yaml",
+            "escalations.yaml",
+            "languages.yaml",
+            "safety.yaml",
+            "tools.yaml",
+        )
     }
     body = json.loads(report.read_text(encoding="utf-8"))
     assert body["passed"] == body["cases"] == len(cases)
@@ -80,6 +93,77 @@ def test_the_sample_business_scenarios_pass(config: Path, tmp_path: Path) -> Non
     assert len(skip) == 2 and all(turn["reply"] and turn["sources"] for turn in skip)
     refund = by_name["refund-for-kettle"]["runs"][0]["turns"][0]
     assert (refund["action"], refund["reason"]) == ("escalate", "policy_restricted")
+    # Each turn's tool calls, as the transcript holds them: the change only on the yes.
+    returned = [turn["calls"] for turn in by_name["return-only-once-confirmed"]["runs"][0]["turns"]]
+    assert [[call["tool"] for call in calls] for calls in returned] == [
+        [],
+        ["get_order"],
+        ["start_return"],
+    ]
+    assert returned[2][0]["arguments"] == {"order_id": "KC-1001", "postcode": "SW1A 1AA"}
+    assert (returned[2][0]["outcome"], returned[2][0]["status"]) == ("ok", 201)
+
+
+WRONG_CALLS = """\
+cases:
+  - name: looks-the-order-up
+    turns: ["Where is my order KC-1002?", "SW1A 1AA"]
+    expect: {calls: [{tool: get_order, with: {order_id: KC-1002, postcode: SW1A 1AA}}]}
+  - name: looks-up-another-order
+    turns: ["Where is my order KC-1002?", "SW1A 1AA"]
+    expect: {calls: [{tool: get_order, with: {order_id: KC-1003}}, find_orders]}
+  - name: must-not-return
+    turns: ["I want to return order KC-1001", "SW1A 1AA", "yes"]
+    every_turn: {not_calls: [start_return]}
+"""
+
+
+def test_a_tool_expectation_fails_naming_the_calls_made(config: Path, tmp_path: Path) -> None:
+    scenarios = tmp_path / "calls.yaml"
+    scenarios.write_text(WRONG_CALLS, encoding="utf-8")
+    report = tmp_path / "report.json"
+    result = gateway_test(scenarios, "-c", config, "--json", report)
+    assert result.exit_code == 1, result.output
+    output = result.output
+    assert "1/3 cases passed, offline answerer" in output
+    assert "FAIL looks-the-order-up" not in output
+    made = 'get_order {"order_id": "KC-1002", "postcode": "SW1A 1AA"} -> ok 200'
+    other = output.split("FAIL looks-up-another-order", 1)[1].split("FAIL", 1)[0]
+    assert "turn 1 of 2" not in other and "turn 2 of 2: 'SW1A 1AA'" in other
+    assert (
+        f'- calls     get_order with {{"order_id": "KC-1003"}}\n    + calls     {made}\n' in other
+    )
+    assert f"- calls     find_orders\n    + calls     {made}\n" in other
+    assert f"      called    {made}" in other
+    # A change that was done fails `not_calls` on the turn that did it, and only there.
+    returned = output.split("FAIL must-not-return", 1)[1]
+    assert "turn 3 of 3: 'yes'" in returned and "turn 2 of 3" not in returned
+    assert (
+        "- not_calls no call to start_return\n"
+        '    + not_calls start_return {"order_id": "KC-1001", "postcode": "SW1A 1AA"} -> ok 201'
+    ) in returned
+    body = json.loads(report.read_text(encoding="utf-8"))
+    wrong = next(case for case in body["results"] if case["name"] == "must-not-return")
+    [mismatch] = wrong["runs"][0]["turns"][2]["mismatches"]
+    assert mismatch["check"] == "not_calls" and "start_return" in mismatch["got"]
+
+
+def test_a_tool_name_with_a_typo_is_named_with_its_key_path(config: Path, tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "cases:\n  - name: fine\n    turns: [hi]\n    expect: {calls: [get_order]}\n"
+        "  - name: typo\n    turns: [hi, {text: there, expect: {calls: [{tool: get_ordr}]}}]\n"
+        "    every_turn: {not_calls: [start_return, cancel_subscription]}\n"
+    )
+    result = gateway_test(path, "-c", config)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "2 problem(s)" in output
+    assert "cases[1] (typo).turns[1].expect.calls[0].tool: unknown tool 'get_ordr' (one of " in (
+        output
+    )
+    assert "cases[1] (typo).every_turn.not_calls[1]: unknown tool 'cancel_subscription'" in output
+    assert "change_address, find_orders" in output and "cases[0]" not in output
 
 
 def test_a_wrong_expectation_fails_with_a_readable_diff(config: Path, tmp_path: Path) -> None:
@@ -158,6 +242,14 @@ def test_a_malformed_scenario_file_is_named_with_its_key_path(config: Path, tmp_
         ),
         ("cases:\n  - name: a\n    turns: ['  ']\n    expect: {action: answer}", "blank"),
         (
+            "cases:\n  - name: a\n    turns: [hi]\n    expect: {calls: [a], not_calls: [a]}",
+            "in both calls and not_calls",
+        ),
+        (
+            "cases:\n  - name: a\n    turns: [hi]\n    expect: {calls: [{tool: a, outcome: fine}]}",
+            "outcome",
+        ),
+        (
             "cases:\n  - name: a\n    turns: [{text: hi, expect: {action: answer}}]\n"
             "    expect: {action: answer}",
             "keep one",
@@ -183,9 +275,24 @@ def test_names_are_unique_and_channels_known_across_files(tmp_path: Path) -> Non
     (tmp_path / "b.yaml").write_text(case.format(channel="fax").replace("same", "other"))
     with pytest.raises(ScenarioError, match="unknown channel fax"):
         load_all([tmp_path], channels=CHANNELS)
+    (tmp_path / "b.yaml").write_text(
+        case.format(channel="rest").replace("same", "other").replace("action: answer", "calls: [x]")
+    )
+    with pytest.raises(
+        ScenarioError, match=r"\(other\)\.expect\.calls\[0\]\.tool: unknown tool 'x' "
+    ):
+        load_all([tmp_path], channels=CHANNELS, tools=["get_order"])
+    with pytest.raises(ScenarioError, match="no tools are configured"):
+        load_all([tmp_path], channels=CHANNELS)
 
 
-def outcome(reply: str, *, sources: tuple[str, ...] = (), text: str = "hi") -> Outcome:
+def outcome(
+    reply: str,
+    *,
+    sources: tuple[str, ...] = (),
+    text: str = "hi",
+    calls: tuple[ToolCallRecord, ...] = (),
+) -> Outcome:
     return Outcome(
         text=text,
         action="answer",
@@ -195,6 +302,7 @@ def outcome(reply: str, *, sources: tuple[str, ...] = (), text: str = "hi") -> O
         explanation="",
         confidence=0.5,
         latency_ms=1.0,
+        calls=calls,
     )
 
 
@@ -226,6 +334,33 @@ def test_a_cited_source_matches_by_its_path_inside_the_ingested_folder() -> None
     cited = outcome("…", sources=("proxy/guides/cloudflare.md", "excluding-pages.md"))
     assert checked({"sources": ["proxy/guides/netlify.md", "excluding-pages.md"]}, cited) == []
     assert checked({"sources": ["proxy/guides/netlify.md"]}, cited) == ["sources"]
+
+
+def test_a_call_matches_with_at_least_the_expected_arguments_and_its_outcome() -> None:
+    order = {"order_id": "KC-1002", "postcode": "SW1A 1AA", "email": "jane@example.com"}
+    looked_up = outcome(
+        "…", calls=(ToolCallRecord(tool="get_order", arguments=order, outcome="ok", status=200),)
+    )
+    assert checked({"calls": ["get_order"]}, looked_up) == []
+    assert (
+        checked({"calls": [{"tool": "get_order", "with": {"order_id": "KC-1002"}}]}, looked_up)
+        == []
+    )
+    assert (
+        checked(
+            {"calls": [{"tool": "get_order", "with": {"email": "jane@example.com"}}]}, looked_up
+        )
+        == []
+    )
+    assert checked(
+        {"calls": [{"tool": "get_order", "with": {"order_id": "KC-1003"}}]}, looked_up
+    ) == ["calls"]
+    assert checked({"calls": [{"tool": "get_order", "with": {"weeks": 4}}]}, looked_up) == ["calls"]
+    assert checked({"calls": [{"tool": "get_order", "outcome": "ok"}]}, looked_up) == []
+    assert checked({"calls": [{"tool": "get_order", "outcome": "failed"}]}, looked_up) == ["calls"]
+    assert checked({"not_calls": ["start_return"]}, looked_up) == []
+    assert checked({"not_calls": ["get_order"]}, looked_up) == ["not_calls"]
+    assert checked({"calls": ["get_order"]}, outcome("…")) == ["calls"]
 
 
 def test_the_reply_language_is_checked_against_a_code_or_the_customers_own() -> None:

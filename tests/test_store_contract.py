@@ -105,6 +105,8 @@ async def test_a_due_timer_stays_due_until_rescheduled_or_unscheduled(store_fact
     assert await store.due(base + timedelta(minutes=5), limit=10) == [
         ("rest:a", base + timedelta(minutes=5))
     ]
+    assert await store.scheduled("rest:a") == base + timedelta(minutes=5)
+    assert await store.scheduled("rest:b") is None
 
 
 async def test_a_loaded_conversation_changes_the_store_only_when_saved(store_factory) -> None:

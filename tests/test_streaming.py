@@ -355,3 +355,105 @@ async def test_a_message_whose_holding_line_went_out_before_a_crash_is_answered_
     with gw.runtime.results.expect(again.id) as result:
         await gw.runtime.bus.publish(again)
         assert (await asyncio.wait_for(result, 10)).replies == ()
+
+
+@dataclass(frozen=True)
+class Surface:
+    """One streaming channel as a crash test sees it: the message, whether its stream has
+    opened, and the bot messages the customer ends up with."""
+
+    inbound: Inbound
+    opened: Any  # (gw) -> bool
+    shown: Any  # (gw) -> list[str]: each bot message's final text
+
+
+def _surfaces() -> dict[str, Surface]:
+    slack_key = conversation_key("slack", TEAM_ID, "D0CUSTOM1")
+    discord_key = conversation_key("discord", DM_CHANNEL_ID)
+    telegram_key = conversation_key("telegram", "4242")
+
+    def inbound(channel: str, key: str, **fields: Any) -> Inbound:
+        return Inbound(
+            channel=channel,
+            conversation=key,
+            sender="ada",
+            text=QUESTION,
+            provider_message_id=f"{channel}-crash",
+            **fields,
+        )
+
+    return {
+        "slack": Surface(
+            inbound("slack", slack_key, thread="1700000000.000100"),
+            lambda gw: bool(gw.slack.calls_to("chat.startStream")),
+            lambda gw: [m["text"] for m in gw.slack.posted("D0CUSTOM1")],
+        ),
+        "discord": Surface(
+            inbound("discord", discord_key),
+            lambda gw: bool(gw.discord.created),
+            lambda gw: [m["content"] for m in gw.discord.created.values()],
+        ),
+        "telegram": Surface(
+            inbound("telegram", telegram_key),
+            lambda gw: bool(gw.telegram.drafts(4242)),
+            lambda gw: [m["text"] for m in gw.telegram.sent("sendMessage")],
+        ),
+    }
+
+
+@pytest.mark.parametrize("channel", ["slack", "discord", "telegram"])
+async def test_a_worker_that_dies_mid_stream_leaves_one_message_which_the_next_one_ends(
+    gw: StreamingGateway, channel: str
+) -> None:
+    """The worker streaming the answer dies after its first sentence went out (its task is
+    cancelled: nothing more is sent, nothing is marked done); the message, delivered again,
+    is answered by ending that same message, not by streaming a second one."""
+    surface = _surfaces()[channel]
+    gw.claude.script(decision(reply=REPLY, **PACE))
+    dying = asyncio.create_task(gw.runtime.pipeline.handle(surface.inbound))
+    await until(lambda: surface.opened(gw), within=DEADLINE + 2 * MARGIN)
+    await asyncio.sleep(0.2)  # the stream's handle is recorded right after it opened
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+    assert not await gw.runtime.store.is_processed(surface.inbound.dedupe_key)
+
+    gw.claude.script(decision(reply="Yes, for up to three months."))
+    turn = await gw.runtime.pipeline.handle(surface.inbound)
+    assert turn.replies == ("Yes, for up to three months.",)
+    assert surface.shown(gw) == ["Yes, for up to three months."]  # one message, ended right
+    transcript = await gw.runtime.store.transcript(surface.inbound.conversation)
+    assert [(entry.role, entry.text) for entry in transcript] == [
+        (Role.CUSTOMER, QUESTION),
+        (Role.BOT, "Yes, for up to three months."),
+    ]
+
+
+async def test_a_web_chat_bubble_a_dead_worker_left_growing_is_redrawn_with_the_answer(
+    gw: StreamingGateway,
+) -> None:
+    async with gw.http.ws_connect("/webchat/ws") as socket:
+        hello = await socket.receive_json(timeout=5)
+        key = conversation_key("webchat", hello["conversation_id"].partition(".")[0])
+        message = Inbound(
+            channel="webchat",
+            conversation=key,
+            sender="ada",
+            text=QUESTION,
+            provider_message_id="w",
+        )
+        gw.claude.script(decision(reply=REPLY, **PACE))
+        dying = asyncio.create_task(gw.runtime.pipeline.handle(message))
+        opened = await socket.receive_json(timeout=DEADLINE + 2 * MARGIN)
+        while opened["type"] != "stream":
+            opened = await socket.receive_json(timeout=DEADLINE)
+        await asyncio.sleep(0.2)
+        dying.cancel()
+        await asyncio.gather(dying, return_exceptions=True)
+        gw.claude.script(decision(reply="Yes, for up to three months."))
+        await gw.runtime.pipeline.handle(message)
+        frame = await socket.receive_json(timeout=5)
+        while frame["type"] != "reply":
+            assert frame["type"] in ("append", "typing", "history"), frame
+            frame = await socket.receive_json(timeout=5)
+    assert frame["stream_id"] == opened["stream_id"]  # the same bubble, redrawn
+    assert frame["text"] == "Yes, for up to three months."

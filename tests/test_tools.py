@@ -269,7 +269,7 @@ async def test_the_model_schema_leaves_out_the_identity_and_extras_are_refused(
     escaped = await tools.call("order", {"order_id": "KC-1/../admin"}, identity=None)
     await tools.close()
     assert spoofed.outcome is Outcome.INVALID and "email" in spoofed.detail
-    assert unverified.outcome is Outcome.REFUSED
+    assert unverified.outcome is Outcome.UNVERIFIED
     assert escaped.outcome is Outcome.INVALID
     assert fake.requests == []
 

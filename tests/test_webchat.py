@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse
 
-from adapters.webchat import SECRET_FILE, WebchatConfig, signing_key
+from adapters.signing import signing_key
+from adapters.webchat import SECRET_FILE, WebchatConfig
 from tests.harness import Gateway
 
 
@@ -118,12 +119,12 @@ def test_web_processes_sharing_a_data_dir_or_the_secret_agree_on_the_key(
 ) -> None:
     monkeypatch.delenv("GATEWAY_WEBCHAT_SECRET", raising=False)
     kept = tmp_path / SECRET_FILE
-    assert signing_key(WebchatConfig(), kept) == signing_key(WebchatConfig(), kept)
+    assert signing_key(WebchatConfig().secret, kept) == signing_key(WebchatConfig().secret, kept)
     assert kept.stat().st_mode & 0o077 == 0  # readable by its owner only
 
     monkeypatch.setenv("GATEWAY_WEBCHAT_SECRET", "shared-by-every-host")
     elsewhere = tmp_path / "elsewhere" / SECRET_FILE
-    assert signing_key(WebchatConfig(), elsewhere) == b"shared-by-every-host"
+    assert signing_key(WebchatConfig().secret, elsewhere) == b"shared-by-every-host"
     assert not elsewhere.exists()
 
 

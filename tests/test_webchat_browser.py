@@ -15,7 +15,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from gateway.app.settings import GatewayConfig
-from gateway.message import Outbound, Role
+from gateway.message import Inbound, InboundKind, Outbound, Role, utcnow
 from tests.harness import Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -169,3 +169,41 @@ async def assert_fits_the_phone(page: Page) -> None:
     for scroller in ("document.documentElement", "document.getElementById('log')"):
         overflow = await page.evaluate(f"{scroller}.scrollWidth - {scroller}.clientWidth")
         assert overflow == 0, scroller
+
+
+async def test_the_satisfaction_ask_is_five_buttons_and_a_press_rates_once(
+    page: Page, site: Gateway
+) -> None:
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    await ask(page, "How much is the Duo plan in the UK?")
+    conversation_id = await page.evaluate("localStorage.getItem('gateway.conversation')")
+    key = f"webchat:{conversation_id.partition('.')[0]}"
+    # The bot answer's silence ran out: the timer's tick asks (as the worker's sweep would).
+    store = site.runtime.store
+    conversation = await store.load(key)
+    assert conversation is not None and conversation.satisfaction.due_at is not None
+    conversation.satisfaction.due_at = utcnow()
+    await store.save(conversation)
+    await site.runtime.bus.publish(
+        Inbound(
+            kind=InboundKind.TICK,
+            channel="webchat",
+            conversation=key,
+            sender="handoff-timer",
+            provider_message_id=f"tick:{key}:browser",
+        )
+    )
+
+    buttons = page.locator(".rating button")
+    await expect(buttons).to_have_count(5, timeout=ANSWER_TIMEOUT_MS)
+    await buttons.nth(3).click()
+    await expect(buttons.nth(3)).to_have_attribute("aria-pressed", "true")
+    for index in range(5):
+        await expect(buttons.nth(index)).to_be_disabled()
+    await expect(page.locator(".msg--bot .bubble").last).to_contain_text("Thanks for your rating!")
+    saved = await store.load(key)
+    assert saved is not None and saved.satisfaction.score == 4
+    assert errors == []

@@ -1,5 +1,5 @@
-"""`gateway db`, `gateway report` and `gateway erase`: the archive's commands (registered on the
-`gateway` command in `gateway/app/cli.py`)."""
+"""`gateway db`, `gateway report`, `gateway digest` and `gateway erase`: the archive's commands
+(registered on the `gateway` command in `gateway/app/cli.py`)."""
 
 from __future__ import annotations
 
@@ -110,24 +110,11 @@ def report(
         _print(figures)
 
 
-async def checked_archive(settings: GatewayConfig) -> ArchiveDatabase:
-    """The archive, at the newest schema revision (else exit 2: run `gateway db upgrade`)."""
-    from gateway.archive.migrate import current
-
-    database = await _with_archive(settings)
-    revision, head = await current(database)
-    if revision != head:
-        await database.close()
-        console.print(f"[red]The archive is at revision {revision}[/red]: run `gateway db upgrade`")
-        raise typer.Exit(2)
-    return database
-
-
 async def build(settings: GatewayConfig, since: timedelta) -> Report:
     from gateway.app.runtime import batch_embed, open_knowledge, topic_namer
     from gateway.archive.report import build_report
 
-    database = await checked_archive(settings)
+    database = await _upgraded_archive(settings)
     knowledge = open_knowledge(settings)
     try:
         return await build_report(
@@ -142,6 +129,19 @@ async def build(settings: GatewayConfig, since: timedelta) -> Report:
     finally:
         knowledge.close()
         await database.close()
+
+
+async def _upgraded_archive(settings: GatewayConfig) -> ArchiveDatabase:
+    """The archive, refused (exit 2) when its schema is behind."""
+    from gateway.archive.migrate import current
+
+    database = await _with_archive(settings)
+    revision, head = await current(database)
+    if revision != head:
+        await database.close()
+        console.print(f"[red]The archive is at revision {revision}[/red]: run `gateway db upgrade`")
+        raise typer.Exit(2)
+    return database
 
 
 def _print(figures: Report) -> None:
@@ -166,6 +166,11 @@ def _print(figures: Report) -> None:
     )
     repeats = figures.repeat_contacts
     table.add_row("repeat contacts", f"{repeats.count} ({repeats.rate:.1%})")
+    calls = figures.tool_calls
+    table.add_row("tool calls", f"{calls.calls} ({calls.failed} failed)")
+    for tool, use in calls.by_tool.items():
+        outcomes = ", ".join(f"{outcome} {count}" for outcome, count in use.outcomes.items())
+        table.add_row(f"tool {tool}", f"{outcomes}; p95 {use.latency_ms.p95} ms")
     Console().print(table)
 
 
@@ -190,3 +195,54 @@ def erase(
     console.print(f"Erased customer {customer!r}: {len(keys)} conversation(s)")
     for key in keys:
         console.print(f"  {key}", highlight=False)
+
+
+def digest(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the Block Kit message as JSON; post nothing.")
+    ] = False,
+    post: Annotated[
+        bool, typer.Option("--post", help="Post it to the digest's Slack channel now.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The weekly digest of the last 7 days (the worker posts it on `digest:`'s schedule)."""
+    import json
+    from zoneinfo import ZoneInfo
+
+    from adapters.slack import web_client
+    from gateway.app.digest import SlackDigestPoster, composer
+    from gateway.archive.digest_blocks import digest_blocks, digest_text
+    from gateway.message import utcnow
+
+    if dry_run == post:
+        console.print("[red]Say --dry-run or --post[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    channel = settings.digest_channel
+    if post and (channel is None or settings.channels.slack.bot_token is None):
+        console.print(
+            "[red]Nowhere to post it[/red]: set digest.channel (or handoff.escalation_channel) "
+            "and SLACK_BOT_TOKEN"
+        )
+        raise typer.Exit(2)
+    zone = ZoneInfo(settings.digest.timezone)
+
+    async def run() -> tuple[str, list[dict[str, object]]]:
+        database = await _upgraded_archive(settings)
+        try:
+            week = await composer(settings, database)(utcnow())
+        finally:
+            await database.close()
+        text, blocks = digest_text(week, zone), digest_blocks(week, zone)
+        if post:
+            assert channel is not None
+            await SlackDigestPoster(web_client(settings.channels.slack)).post(channel, text, blocks)
+        return text, blocks
+
+    text, blocks = asyncio.run(run())
+    if dry_run:
+        message = {"channel": channel, "text": text, "blocks": blocks}
+        sys.stdout.write(json.dumps(message, indent=2, ensure_ascii=False) + "\n")
+    else:
+        console.print(f"Digest posted to [bold]{channel}[/bold]: {text}", highlight=False)

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from adapters import CHANNELS
 from adapters.base import CheckFailed, CredentialCheck
-from gateway.app.archive_cli import db_app, erase, report
+from gateway.app.archive_cli import db_app, digest, erase, report
 from gateway.app.drafts_cli import drafts_app
 from gateway.app.settings import GatewayConfig, load_config
 from gateway.config import ConfigError
@@ -48,6 +48,7 @@ kb_app.add_typer(drafts_app, name="drafts")
 app.add_typer(db_app, name="db")
 app.command()(report)
 app.command()(erase)
+app.command()(digest)
 
 console = Console(stderr=True)
 
@@ -332,7 +333,7 @@ def scenario_test(
 
     settings = _load(config, quiet=True)
     try:
-        suites = load_all(paths, channels=list(CHANNELS))
+        suites = load_all(paths, channels=list(CHANNELS), tools=settings.tools)
     except ScenarioError as error:
         console.print(f"[red]Scenario error[/red] {Text(str(error))}")
         raise typer.Exit(2) from None

@@ -13,14 +13,20 @@ relative to today, so the 30-day return window always has an order on each side 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
+
+from brain.tools import ConnectionConfig
 
 RETURN_WINDOW_DAYS = 30
 PREFIX = "/demo/shop/api"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass
@@ -60,7 +66,8 @@ class Subscription:
 @dataclass
 class Shop:
     """The shop's state; tests read `actions` (every change made) and `requested` (every change
-    asked for), and set `outage` and `delay`."""
+    asked for) and `peak_calls` (the most calls in flight at once), and set `outage`, `delay`
+    and `latency`."""
 
     customers: list[Customer]
     orders: dict[str, Order]
@@ -70,6 +77,9 @@ class Shop:
     requested: list[str | None] = field(default_factory=list)  # each change's Idempotency-Key
     outage: bool = False  # every call answers 503
     delay: float = 0.0  # seconds each change waits before it is made
+    latency: float = 0.0  # seconds every call takes before it is handled (a slow API)
+    peak_calls: int = 0
+    _in_flight: int = 0
     _replies: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
     def app(self) -> web.Application:
@@ -90,10 +100,17 @@ class Shop:
 
     @web.middleware
     async def _outages(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.outage:
-            return web.json_response({"error": "service unavailable"}, status=503)
-        response: web.StreamResponse = await handler(request)
-        return response
+        self._in_flight += 1
+        self.peak_calls = max(self.peak_calls, self._in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if self.outage:
+                return web.json_response({"error": "service unavailable"}, status=503)
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            self._in_flight -= 1
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -326,3 +343,40 @@ def seeded_shop() -> Shop:
         orders={order.id: order for order in orders},
         subscriptions={s.id: s for s in subscriptions},
     )
+
+
+@asynccontextmanager
+async def serving(shop: Shop) -> AsyncIterator[str]:
+    """`shop` on a free loopback port, mounted where `gateway serve` mounts it; yields its
+    base URL. For `gateway test`, which runs no web role."""
+    app = web.Application()
+    app.add_subapp(PREFIX, shop.app())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        _host, port = runner.addresses[0][:2]
+        yield f"http://127.0.0.1:{port}{PREFIX}"
+    finally:
+        await runner.cleanup()
+
+
+def aimed_at(connections: Mapping[str, ConnectionConfig], url: str) -> dict[str, ConnectionConfig]:
+    """`connections` with those that call the demo shop of this process (a loopback host,
+    the shop's path, whatever the port) calling it at `url` instead."""
+    return {
+        name: (
+            ConnectionConfig.model_validate(
+                {**connection.model_dump(), "base_url": url, "allowed_hosts": []}
+            )
+            if _is_demo_shop(connection.base_url)
+            else connection
+        )
+        for name, connection in connections.items()
+    }
+
+
+def _is_demo_shop(base_url: str) -> bool:
+    url = URL(base_url)
+    return (url.host or "").lower() in _LOOPBACK and url.path.rstrip("/") == PREFIX

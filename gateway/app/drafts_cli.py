@@ -31,16 +31,12 @@ T = TypeVar("T")
 DraftId = Annotated[str, typer.Argument(help="The draft's id (`gateway kb drafts list`).")]
 
 
-def drafts_dir(settings: GatewayConfig) -> Path:
-    return settings.knowledge.drafts_dir or settings.data_dir / "kb-drafts"
-
-
 def _folder(config: Path | None) -> tuple[GatewayConfig, DraftFolder]:
     from gateway.app.cli import _load
     from gateway.archive.drafts import DraftFolder
 
     settings = _load(config, quiet=True)
-    return settings, DraftFolder(drafts_dir(settings))
+    return settings, DraftFolder(settings.drafts_dir)
 
 
 @drafts_app.command("build")
@@ -59,7 +55,7 @@ def build(
             f"drafted [bold]{draft.id}[/bold]: {Text(draft.title)}", highlight=False, soft_wrap=True
         )
     console.print(
-        f"{len(built.written)} draft(s) written to {drafts_dir(settings)}; "
+        f"{len(built.written)} draft(s) written to {settings.drafts_dir}; "
         f"{built.covered} answered question(s) already drafted, accepted or rejected",
         soft_wrap=True,
     )
@@ -68,17 +64,17 @@ def build(
 
 
 async def _build(settings: GatewayConfig, since: datetime) -> Built:
-    from gateway.app.archive_cli import checked_archive
+    from gateway.app.archive_cli import _upgraded_archive
     from gateway.app.runtime import batch_embed, open_knowledge
     from gateway.archive.drafts import DraftFolder, build_drafts
     from gateway.archive.gaps import find_gaps
 
-    database = await checked_archive(settings)
+    database = await _upgraded_archive(settings)
     knowledge = open_knowledge(settings)
     try:
         gaps = await find_gaps(database, since)
         return await build_drafts(
-            DraftFolder(drafts_dir(settings)),
+            DraftFolder(settings.drafts_dir),
             gaps,
             batch_embed(knowledge),
             similarity=settings.archive.question_similarity,

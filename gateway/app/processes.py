@@ -11,6 +11,8 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
+from gateway import timers
+from gateway.app.digest import open_weekly_digest
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
@@ -46,10 +48,13 @@ async def run(
         consumer = (
             asyncio.create_task(runtime.bus.consume(runtime.pipeline.handle)) if worker else None
         )
-        # Hand-off timers and delivery reports become bus events on the worker role.
-        relay = runtime.relay
-        handoff = asyncio.create_task(relay.run()) if worker and relay is not None else None
+        # Timers (the hand-off's, the satisfaction ask's) and delivery reports become bus
+        # events on the worker role.
+        handoff = asyncio.create_task(timers_and_reports(runtime)) if worker else None
         archiving = await start_archive_writer(runtime) if worker else None
+        # The weekly digest: scheduled in the store, posted by whichever worker claims it.
+        weekly = open_weekly_digest(runtime) if worker else None
+        digest = asyncio.create_task(weekly.run(), name="digest") if weekly is not None else None
         runner = None
         if http:
             runner = web.AppRunner(build_app(runtime), access_log=None)
@@ -74,7 +79,7 @@ async def run(
         await stop_connectors(connected)
         if runner is not None:
             await runner.cleanup()
-        for background in (handoff, archiving):
+        for background in (handoff, archiving, digest):
             if background is not None:
                 background.cancel()
                 await asyncio.gather(background, return_exceptions=True)
@@ -83,6 +88,16 @@ async def run(
             await asyncio.gather(consumer, return_exceptions=True)
         for waiter in waiters:
             waiter.cancel()
+
+
+async def timers_and_reports(runtime: Runtime) -> None:
+    """The worker's timers and delivery reports: the relay sweeps and forwards both; without
+    one, the timers are swept alone (the satisfaction ask's)."""
+    if runtime.relay is not None:
+        await runtime.relay.run()
+    else:
+        interval = runtime.config.handoff.sweep_interval
+        await timers.sweep(runtime.store, runtime.bus, interval)
 
 
 async def start_archive_writer(runtime: Runtime) -> asyncio.Task[None] | None:

@@ -45,6 +45,7 @@ from gateway.pipeline import Pipeline, ReplyTexts
 from gateway.redis_client import connect_redis
 from gateway.relay import Relay
 from gateway.results import TurnResults
+from gateway.satisfaction import Satisfaction
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -93,15 +94,17 @@ class Runtime:
         self.channels = self.open_channels(context)
         self.tools = ToolBox(config.tools, config.connections)
         self.demo_shop = seeded_shop() if config.demo.shop else None
-        self.answerer = open_answerer(config, self.knowledge)
+        ledger = CallLedger(self.tools, self.store)
+        self.answerer = open_answerer(config, self.knowledge, ledger)
         if config.procedures and isinstance(self.answerer, GroundedAnswerer):
             self.answerer.procedures = ProcedureEngine(
                 config.procedures,
                 config.brain.procedures,
-                ledger=CallLedger(self.tools, self.store),
+                ledger=ledger,
                 embed=self.knowledge.embed,
             )
         self.relay = self.open_relay()
+        archive = self.open_recorder()
         messages = config.brain.messages
         self.pipeline = Pipeline(
             store=self.store,
@@ -118,8 +121,23 @@ class Runtime:
             # The holding line goes out with the reserve kept to send it before the deadline.
             first_response=config.brain.deadline - config.brain.reserve,
             relay=self.relay,
-            archive=Recorder(self.archive_queue) if self.archive_queue is not None else None,
+            archive=archive,
+            satisfaction=Satisfaction(
+                config=config.satisfaction,
+                store=self.store,
+                channels=self.channels,
+                archive=archive,
+            )
+            if config.satisfaction.enabled
+            else None,
         )
+
+    def open_recorder(self) -> Recorder | None:
+        """What the pipeline tells the archive; it reads the turns' tool calls off the store
+        only when there are tools to call."""
+        if self.archive_queue is None:
+            return None
+        return Recorder(self.archive_queue, calls_from=self.store if self.config.tools else None)
 
     def open_channels(self, context: ChannelContext) -> dict[str, Channel]:
         """Every channel enabled under `channels:` (a subclass may put others in their place)."""
@@ -225,11 +243,12 @@ class Runtime:
         )
 
 
-def open_answerer(config: GatewayConfig, knowledge: KnowledgeBase) -> Answerer:
+def open_answerer(config: GatewayConfig, knowledge: KnowledgeBase, ledger: CallLedger) -> Answerer:
     """Claude when an Anthropic API key is set (the offline answerer is its fallback), else
-    the offline answerer alone."""
+    the offline answerer alone. Claude is offered the configured tools; offline, only
+    procedures call them."""
     if config.brain.anthropic_api_key is not None:
-        return ClaudeAnswerer(knowledge, config.brain)
+        return ClaudeAnswerer(knowledge, config.brain, ledger)
     return OfflineAnswerer(knowledge, config.brain)
 
 

@@ -25,9 +25,11 @@ from brain.tools import ConnectionConfig, ToolConfig
 from gateway.config import (
     ArchiveConfig,
     ConfigError,
+    DigestConfig,
     HandoffConfig,
     LoggingConfig,
     PipelineConfig,
+    SatisfactionConfig,
     Section,
     ServerConfig,
     env,
@@ -69,6 +71,8 @@ class GatewayConfig(Section):
     procedures: dict[str, ProcedureConfig] = Field(default_factory=dict)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
+    satisfaction: SatisfactionConfig = Field(default_factory=SatisfactionConfig)
 
     @model_validator(mode="after")
     def _agents_can_answer(self) -> GatewayConfig:
@@ -80,6 +84,40 @@ class GatewayConfig(Section):
                 "handoff.escalation_channel is set, so channels.slack.enabled must be true: "
                 "agents' replies and buttons arrive through the Slack app"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _digest_can_be_posted(self) -> GatewayConfig:
+        if not self.digest.enabled:
+            return self
+        if self.digest_channel is None:
+            raise ValueError(
+                "digest.enabled is true: set digest.channel or handoff.escalation_channel "
+                "(the Slack channel it is posted to)"
+            )
+        if self.channels.slack.bot_token is None:
+            raise ValueError("digest.enabled is true: it is posted with SLACK_BOT_TOKEN; set it")
+        if not self.archive.enabled:
+            raise ValueError("digest.enabled is true: its figures come from the archive")
+        return self
+
+    @property
+    def drafts_dir(self) -> Path:
+        """The knowledge-base drafts' review folder (`gateway kb drafts`)."""
+        return self.knowledge.drafts_dir or self.data_dir / "kb-drafts"
+
+    @property
+    def digest_channel(self) -> str | None:
+        """Where the weekly digest goes: its own channel, else the agents' escalation channel."""
+        return self.digest.channel or self.handoff.escalation_channel
+
+    @model_validator(mode="after")
+    def _bot_asks_within_the_contact(self) -> GatewayConfig:
+        """The ask after a bot answer must come before the archive assumes that answer resolved
+        it and a later message starts a new contact: else the rating lands on no contact."""
+        satisfaction = self.satisfaction
+        if satisfaction.after_bot and satisfaction.bot_idle >= self.archive.resolution_window:
+            raise ValueError("satisfaction.bot_idle must be shorter than archive.resolution_window")
         return self
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from gateway.message import Action, Model, Reason, Source
+from gateway.message import Action, Model, Reason, Source, ToolCallRecord
 
 
 class EventKind(StrEnum):
@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     TIMED_OUT = "timed_out"  # nobody claimed it in time: back with the bot
     DELIVERY_FAILED = "delivery_failed"
     SATISFACTION = "satisfaction"  # the customer's answer to the satisfaction ask
+    TOOL_CALL = "tool_call"  # a call to the business's API made for a turn
 
 
 class Decided(Model):
@@ -57,3 +58,4 @@ class ArchiveEvent(Model):
     agent: str | None = None  # agents' events
     decision: Decided | None = None  # turns
     score: int | None = None  # satisfaction, 1 to 5
+    call: ToolCallRecord | None = None  # tool calls

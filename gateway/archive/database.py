@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from gateway.archive import ArchiveEvent, EventKind
-from gateway.archive.schema import BY_CUSTOMER, conversations, events, satisfaction, turns
+from gateway.archive.schema import (
+    BY_CUSTOMER,
+    conversations,
+    events,
+    satisfaction,
+    tool_calls,
+    turns,
+)
 
 SQLITE_FILE = "archive.sqlite3"
 
@@ -136,6 +143,16 @@ def _row(item: ArchiveEvent) -> tuple[Table, dict[str, Any]]:
     if item.kind is EventKind.SATISFACTION:
         assert item.score is not None
         return satisfaction, common | {"score": item.score}
+    if item.kind is EventKind.TOOL_CALL:
+        assert item.call is not None
+        call = item.call
+        return tool_calls, common | {
+            "tool": call.tool,
+            "arguments": call.arguments,
+            "outcome": call.outcome,
+            "status": call.status,
+            "latency_ms": call.latency_ms,
+        }
     return events, common | {"kind": item.kind.value, "agent": item.agent, "detail": item.text}
 
 

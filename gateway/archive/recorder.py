@@ -2,7 +2,10 @@
 
 Hand-off events are read off the conversation's mode before and after the relay handled an
 agent's event or a timer, so the relay itself needs no archive calls: a claim that changed
-nothing (already claimed) or a stale timer records nothing.
+nothing (already claimed) or a stale timer records nothing. A turn's tool calls are read the
+same way, off the transcript the turn wrote (its tool lines, `turn_calls`), after the reply
+was sent: the tools need no archive calls either, and a message processed again finds the
+same lines and gives the same ids.
 
 An agent's reply keeps its text (the event's `detail`), and an escalation the agents' thread it
 opened: a question the bot could not answer and the answer a person gave are what a
@@ -16,7 +19,17 @@ import structlog
 from gateway import metrics
 from gateway.archive import ArchiveEvent, Decided, EventKind
 from gateway.archive.queue import ArchiveQueue
-from gateway.message import Action, Conversation, Inbound, InboundKind, Mode, TurnResult
+from gateway.message import (
+    Action,
+    Conversation,
+    Inbound,
+    InboundKind,
+    Mode,
+    ToolCallRecord,
+    TurnResult,
+    turn_calls,
+)
+from gateway.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -28,11 +41,17 @@ _TRANSITIONS: dict[InboundKind, tuple[EventKind, Mode | None, Mode]] = {
     InboundKind.HAND_BACK: (EventKind.HANDED_BACK, None, Mode.BOT),
     InboundKind.TICK: (EventKind.TIMED_OUT, Mode.WAITING, Mode.BOT),
 }
+# The transcript entries read first for a turn's calls: its message, a holding line, the
+# calls, the reply. A turn with more calls than fit is read whole.
+CALLS_WINDOW = 16
 
 
 class Recorder:
-    def __init__(self, queue: ArchiveQueue) -> None:
+    def __init__(self, queue: ArchiveQueue, *, calls_from: Store | None = None) -> None:
+        """`calls_from`: the store whose transcripts hold the tools' lines; None when no tools
+        are configured (nothing to read)."""
         self._queue = queue
+        self._calls_from = calls_from
 
     async def turn(self, message: Inbound, conversation: Conversation, result: TurnResult) -> None:
         decision = result.decision
@@ -58,6 +77,17 @@ class Recorder:
             await self._put(
                 _event(message, conversation, EventKind.ESCALATED, suffix="escalated", text=thread)
             )
+        if decision.action is not Action.HUMAN:  # the bot worked on it: it may have called
+            for number, call in enumerate(await self._calls(message)):
+                await self._put(
+                    _event(
+                        message,
+                        conversation,
+                        EventKind.TOOL_CALL,
+                        suffix=f"call:{number}",
+                        call=call,
+                    )
+                )
 
     async def relay_event(self, message: Inbound, before: Mode, conversation: Conversation) -> None:
         """After the relay handled a non-customer event; `before` is the mode it found."""
@@ -82,6 +112,28 @@ class Recorder:
             return  # a second claim by the owner, a resolve of what the bot already has
         text = message.content if kind is EventKind.AGENT_REPLY else ""
         await self._put(_event(message, conversation, kind, agent=agent, text=text))
+
+    async def _calls(self, message: Inbound) -> list[ToolCallRecord]:
+        """The calls made for `message`; none when its transcript cannot be read (the turn's
+        record matters more than its calls')."""
+        if self._calls_from is None:
+            return []
+        try:
+            entries = await self._calls_from.transcript(message.conversation, last=CALLS_WINDOW)
+            if not any(entry.message_id == message.id for entry in entries):
+                entries = await self._calls_from.transcript(message.conversation)
+        except Exception:
+            log.exception("archive.calls_unread")
+            metrics.ERRORS.labels("archive").inc()
+            return []
+        return turn_calls(entries, message.id)
+
+    async def rated(
+        self, message: Inbound, conversation: Conversation, *, ask: str, score: int
+    ) -> None:
+        """A satisfaction answer; its id is the ask's, so an ask is rated once in the archive."""
+        event = _event(message, conversation, EventKind.SATISFACTION)
+        await self._put(event.model_copy(update={"id": f"{ask}:satisfaction", "score": score}))
 
     async def _put(self, event: ArchiveEvent) -> None:
         """Never fails the turn: the reply matters more than its record."""
@@ -109,6 +161,7 @@ def _event(
     text: str = "",
     agent: str | None = None,
     decision: Decided | None = None,
+    call: ToolCallRecord | None = None,
 ) -> ArchiveEvent:
     return ArchiveEvent(
         id=f"{message.id}:{suffix}" if suffix else message.id,
@@ -120,4 +173,5 @@ def _event(
         text=text,
         agent=agent,
         decision=decision,
+        call=call,
     )

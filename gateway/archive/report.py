@@ -19,11 +19,14 @@ from sqlalchemy import case, func, select
 from gateway.archive.clusters import Embed, central, distinctive_terms, embed_all, group
 from gateway.archive.database import ArchiveDatabase
 from gateway.archive.outcomes import Contact, EventRow, Outcome, TurnRow, contacts
-from gateway.archive.schema import as_utc, events, satisfaction, turns
+from gateway.archive.schema import as_utc, events, satisfaction, tool_calls, turns
 
 TOP = 10
 # Turns in which the bot could not answer (gateway.message's failed turns).
 UNANSWERED_REASONS = ("low_confidence", "model_unavailable", "repeated_failure", "pipeline_error")
+# Tool outcomes that answered (brain.tools.ToolResult.failed): a 2xx, or the API's own no. The
+# others (failed, timeout, refused, invalid) left the customer without an answer: tool_failed.
+ANSWERED_OUTCOMES = ("ok", "rejected")
 # Distinct questions clustered at most, the most asked first: the embedding is the cost.
 MAX_QUESTIONS = 2000
 EXAMPLES = 3
@@ -44,6 +47,28 @@ class Satisfaction(BaseModel):
     answers: int
     average: float
     scores: dict[str, int]  # "1" to "5" -> answers
+
+
+class ToolUse(BaseModel):
+    calls: int
+    outcomes: dict[str, int]  # ok, rejected, failed, timeout, refused, invalid -> calls
+    failed: int  # calls with an outcome not in ANSWERED_OUTCOMES
+    latency_ms: Percentiles
+
+
+class ToolFailure(BaseModel):
+    at: datetime
+    tool: str
+    outcome: str
+    status: int | None
+    conversation: str
+
+
+class ToolCalls(BaseModel):
+    calls: int
+    failed: int
+    by_tool: dict[str, ToolUse]  # most called first
+    failures: list[ToolFailure]  # the latest TOP failed calls, newest first
 
 
 class Topic(BaseModel):
@@ -68,6 +93,7 @@ class Report(BaseModel):
     automation: dict[str, Rate]  # confirmed, assumed: apart, always
     escalations: dict[str, Rate]  # by reason
     first_response_seconds: dict[str, Percentiles]  # by channel
+    first_response_all_seconds: Percentiles  # every channel together
     time_to_claim_seconds: Percentiles
     time_to_resolve_seconds: Percentiles
     agents: dict[str, dict[str, int]]  # agent -> claimed, replies, resolved
@@ -75,6 +101,7 @@ class Report(BaseModel):
     repeat_contacts: Rate
     top_topics: list[tuple[str, int]]  # the knowledge pages the answers drew on
     top_unanswered: list[tuple[str, int]]
+    tool_calls: ToolCalls
     topics: list[Topic] = []  # the questions by meaning, the most asked first
 
 
@@ -93,13 +120,14 @@ async def build_report(
     names for them (else their distinctive words)."""
     until = now or datetime.now(UTC)
     start = until - since
-    # Contacts that began before the period still count as the earlier contact of a repeat.
-    turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start)
+    # Contacts that began before the period still count as the earlier contact of a repeat;
+    # nothing after `until` is read, so a past period reads as it stood at its end.
+    turn_rows, event_rows, unanswered = await _load(database, start - repeat_window, start, until)
     every = contacts(turn_rows, event_rows, window=window, repeat_window=repeat_window, now=until)
     period = [contact for contact in every if contact.start >= start]
-    report = _summarize(period, start, until, unanswered)
+    report = _summarize(period, start, until, unanswered, await _tool_calls(database, start, until))
     if embed is not None:
-        questions = await _questions(database, start)
+        questions = await _questions(database, start, until)
         report.topics = await topics(questions, embed, similarity=topic_similarity)
     if name_topics is not None and report.topics:
         names = await name_topics(report.topics)
@@ -108,7 +136,9 @@ async def build_report(
     return report
 
 
-async def _questions(database: ArchiveDatabase, start: datetime) -> list[tuple[str, int, int]]:
+async def _questions(
+    database: ArchiveDatabase, start: datetime, until: datetime
+) -> list[tuple[str, int, int]]:
     """The period's questions to the bot: (text, times asked, times unanswered), most asked
     first; the same words in another case or spacing are one question."""
     question = func.lower(func.trim(turns.c.text))
@@ -116,7 +146,7 @@ async def _questions(database: ArchiveDatabase, start: datetime) -> list[tuple[s
     async with database.engine.connect() as connection:
         rows = await connection.execute(
             select(question, func.count(), failed)
-            .where(turns.c.at >= start, turns.c.action != "human", question != "")
+            .where(turns.c.at.between(start, until), turns.c.action != "human", question != "")
             .group_by(question)
             .order_by(func.count().desc(), question)
             .limit(MAX_QUESTIONS)
@@ -157,7 +187,7 @@ async def topics(
 
 
 async def _load(
-    database: ArchiveDatabase, loaded_from: datetime, start: datetime
+    database: ArchiveDatabase, loaded_from: datetime, start: datetime, until: datetime
 ) -> tuple[list[TurnRow], list[EventRow], list[tuple[str, int]]]:
     async with database.engine.connect() as connection:
         turn_result = await connection.execute(
@@ -171,18 +201,18 @@ async def _load(
                 turns.c.topic,
                 turns.c.latency_ms,
                 turns.c.replied,
-            ).where(turns.c.at >= loaded_from)
+            ).where(turns.c.at >= loaded_from, turns.c.at <= until)
         )
         turn_rows = [TurnRow(r[0], r[1], r[2], as_utc(r[3]), *r[4:]) for r in turn_result]
         event_result = await connection.execute(
             select(events.c.conversation, events.c.kind, events.c.at, events.c.agent).where(
-                events.c.at >= loaded_from
+                events.c.at >= loaded_from, events.c.at <= until
             )
         )
         event_rows = [EventRow(r[0], r[1], as_utc(r[2]), r[3]) for r in event_result]
         score_result = await connection.execute(
             select(satisfaction.c.conversation, satisfaction.c.at, satisfaction.c.score).where(
-                satisfaction.c.at >= loaded_from
+                satisfaction.c.at >= loaded_from, satisfaction.c.at <= until
             )
         )
         event_rows += [
@@ -191,7 +221,7 @@ async def _load(
         question = func.lower(func.trim(turns.c.text))
         unanswered = await connection.execute(
             select(question, func.count())
-            .where(turns.c.at >= start, turns.c.reason.in_(UNANSWERED_REASONS))
+            .where(turns.c.at.between(start, until), turns.c.reason.in_(UNANSWERED_REASONS))
             .group_by(question)
             .order_by(func.count().desc(), question)
             .limit(TOP)
@@ -200,7 +230,11 @@ async def _load(
 
 
 def _summarize(
-    period: list[Contact], start: datetime, until: datetime, unanswered: list[tuple[str, int]]
+    period: list[Contact],
+    start: datetime,
+    until: datetime,
+    unanswered: list[tuple[str, int]],
+    calls: ToolCalls,
 ) -> Report:
     total = len(period)
 
@@ -242,6 +276,9 @@ def _summarize(
         first_response_seconds={
             channel: _percentiles(values) for channel, values in sorted(first_response.items())
         },
+        first_response_all_seconds=_percentiles(
+            seconds for values in first_response.values() for seconds in values
+        ),
         time_to_claim_seconds=_percentiles(claim_waits),
         time_to_resolve_seconds=_percentiles(resolve_waits),
         agents={
@@ -258,10 +295,56 @@ def _summarize(
             TOP
         ),
         top_unanswered=unanswered,
+        tool_calls=calls,
     )
 
 
 _AGENT_COLUMNS = {"claimed": "claimed", "agent_reply": "replies", "resolved": "resolved"}
+
+
+async def _tool_calls(database: ArchiveDatabase, start: datetime, until: datetime) -> ToolCalls:
+    """The calls to the business's API in the period: by tool and outcome, latency, failures."""
+    async with database.engine.connect() as connection:
+        result = await connection.execute(
+            select(
+                tool_calls.c.tool,
+                tool_calls.c.outcome,
+                tool_calls.c.status,
+                tool_calls.c.latency_ms,
+                tool_calls.c.at,
+                tool_calls.c.conversation,
+            ).where(tool_calls.c.at >= start, tool_calls.c.at <= until)
+        )
+        rows = result.all()
+    outcomes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    latencies: defaultdict[str, list[float]] = defaultdict(list)
+    failures: list[ToolFailure] = []
+    for tool, outcome, status, latency_ms, at, conversation in rows:
+        outcomes[tool][outcome] += 1
+        latencies[tool].append(latency_ms)
+        if outcome not in ANSWERED_OUTCOMES:
+            failures.append(
+                ToolFailure(
+                    at=as_utc(at),
+                    tool=tool,
+                    outcome=outcome,
+                    status=status,
+                    conversation=conversation,
+                )
+            )
+    by_tool = {
+        tool: ToolUse(
+            calls=sum(counts.values()),
+            outcomes=dict(counts.most_common()),
+            failed=sum(n for outcome, n in counts.items() if outcome not in ANSWERED_OUTCOMES),
+            latency_ms=_percentiles(latencies[tool]),
+        )
+        for tool, counts in sorted(outcomes.items(), key=lambda item: (-item[1].total(), item[0]))
+    }
+    failures.sort(key=lambda failure: failure.at, reverse=True)
+    return ToolCalls(
+        calls=len(rows), failed=len(failures), by_tool=by_tool, failures=failures[:TOP]
+    )
 
 
 def _percentiles(values: Iterable[float]) -> Percentiles:

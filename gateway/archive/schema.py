@@ -78,11 +78,25 @@ satisfaction = Table(
     *_common(Column("score", Integer, nullable=False)),
 )
 
+# The calls to the business's API made for a turn (`id`: the turn's message id and the call's
+# place among that turn's calls); `arguments` holds what the verified identity filled in.
+tool_calls = Table(
+    "tool_calls",
+    metadata,
+    *_common(
+        Column("tool", String(KEY), nullable=False),
+        Column("arguments", JSON, nullable=False),
+        Column("outcome", String(16), nullable=False),
+        Column("status", Integer),
+        Column("latency_ms", Float, nullable=False),
+    ),
+)
+
 Index("ix_turns_conversation_at", turns.c.conversation, turns.c.at)
 Index("ix_events_conversation_at", events.c.conversation, events.c.at)
 
 # Every table that holds a customer's data, for retention and erasure.
-BY_CUSTOMER = (turns, events, satisfaction)
+BY_CUSTOMER = (turns, events, satisfaction, tool_calls)
 
 
 def as_utc(value: datetime) -> datetime:

@@ -7,6 +7,10 @@ from typing import Protocol
 
 from gateway.message import Conversation, TranscriptEntry
 
+# Schedule keys that are no conversation's (`job:digest`, the weekly digest): the same durable
+# timers, fired by their own owner; the hand-off relay's sweep leaves them alone.
+JOB_PREFIX = "job:"
+
 
 class Store(Protocol):
     async def is_processed(self, dedupe_key: str) -> bool:
@@ -43,6 +47,10 @@ class Store(Protocol):
     async def due(self, now: datetime, limit: int) -> list[tuple[str, datetime]]:
         """Up to `limit` conversations due at `now`, earliest first; they stay scheduled until
         `unschedule` or a new `schedule`, so a timer a crashed worker dropped fires again."""
+        ...
+
+    async def scheduled(self, key: str) -> datetime | None:
+        """When `key` is due, or None when it is not scheduled."""
         ...
 
     async def unschedule(self, key: str) -> None: ...

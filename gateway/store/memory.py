@@ -54,7 +54,7 @@ class MemoryStore:
         self._responses: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._threads: dict[str, str] = {}
-        self._timers: dict[str, datetime] = {}  # only waiting conversations: a short scan
+        self._timers: dict[str, datetime] = {}  # waiting conversations and jobs: a short scan
         self._quotas: dict[str, tuple[float, int]] = {}  # key -> (window start, uses)
 
     async def is_processed(self, dedupe_key: str) -> bool:
@@ -115,6 +115,9 @@ class MemoryStore:
     async def due(self, now: datetime, limit: int) -> list[tuple[str, datetime]]:
         ready = ((at, key) for key, at in self._timers.items() if at <= now)
         return [(key, at) for at, key in heapq.nsmallest(limit, ready)]
+
+    async def scheduled(self, key: str) -> datetime | None:
+        return self._timers.get(key)
 
     async def unschedule(self, key: str) -> None:
         self._timers.pop(key, None)

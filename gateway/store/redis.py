@@ -84,6 +84,10 @@ class RedisStore:
             for key, score in pairs
         ]
 
+    async def scheduled(self, key: str) -> datetime | None:
+        score = await self._redis.zscore(SCHEDULE, key)
+        return None if score is None else datetime.fromtimestamp(score, UTC)
+
     async def unschedule(self, key: str) -> None:
         await self._redis.zrem(SCHEDULE, key)
 

@@ -16,7 +16,8 @@ Each request takes the next scripted response, or the default one when none is q
 0.6 s, then 60 tokens per second, counting a token as 4 characters of output (Anthropic's
 rule of thumb for English); any `ToolCall` takes its own `first_token` and
 `tokens_per_second`. Run it alone with `python -m tests.fakes.anthropic_api --port N`
-(`--words 45 --tokens-per-second 120 --first-token 0.6` for another answer and pace).
+(`--words 45 --tokens-per-second 120 --first-token 0.6` for another answer and pace;
+`--tool get_order` for a model that calls that tool before it answers).
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Calls:
+    """One answer calling several tools at once (parallel tool use): a tool_use block each,
+    streamed one after the other, as the API does."""
+
+    calls: tuple[ToolCall, ...]
+
+    def __init__(self, *calls: ToolCall) -> None:
+        object.__setattr__(self, "calls", calls)
+
+
+@dataclass(frozen=True)
 class Text:
     """A streamed plain-text answer (no tool call)."""
 
@@ -110,7 +122,7 @@ class Stall:
     after_start: bool = False
 
 
-Response = ToolCall | Text | Status | MidStreamError | Stall
+Response = ToolCall | Calls | Text | Status | MidStreamError | Stall
 
 
 def decision(
@@ -149,6 +161,9 @@ class FakeAnthropic:
     """The Messages API on 127.0.0.1:<free port>; `async with FakeAnthropic() as claude:`."""
 
     default: Response = field(default_factory=lambda: decision(reply="Happy to help."))
+    # When set, a request that carries no tool result is answered with this call first, and
+    # the one that carries its result with `default`: a model that looks something up first.
+    call_first: ToolCall | None = None
     port: int | None = None
     requests: list[Request] = field(default_factory=list)
 
@@ -181,6 +196,8 @@ class FakeAnthropic:
         recorded = Request({k.lower(): v for k, v in request.headers.items()}, body)
         self.requests.append(recorded)
         response = self._queue.popleft() if self._queue else self.default
+        if not self._queue and self.call_first is not None and not _has_tool_result(body):
+            response = self.call_first
         if isinstance(response, Stall) and not response.after_start:
             await self._pause(response.seconds)
             response = self.default
@@ -230,29 +247,31 @@ class FakeAnthropic:
             error = {"type": response.error_type, "message": "Overloaded"}
             await event("error", {"type": "error", "error": error})
             return
-        assert isinstance(response, ToolCall | Text)
-        block = _empty(response)
-        await event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": block},
-        )
-        if isinstance(response, Text):
-            chunks, delay, first, kind, key = _chunks(response.text, None), 0.0, 0.0, "text", "text"
-        else:
-            pace = response.tokens_per_second
-            chunks = _chunks(json.dumps(response.input, ensure_ascii=False), pace)
-            delay = TICK if pace else 0.0
-            first, kind, key = response.first_token, "input_json", "partial_json"
-        await asyncio.sleep(first)
-        for number, chunk in enumerate(chunks):
-            if number and delay:
-                await asyncio.sleep(delay)
-            delta = {"type": f"{kind}_delta", key: chunk}
+        assert isinstance(response, ToolCall | Text | Calls)
+        for index, part in enumerate(_parts(response)):
+            block = _empty(part, index)
             await event(
-                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
             )
-        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        stop_reason = "tool_use" if isinstance(response, ToolCall) else "end_turn"
+            if isinstance(part, Text):
+                chunks, delay, first, kind, key = _chunks(part.text, None), 0.0, 0.0, "text", "text"
+            else:
+                pace = part.tokens_per_second
+                chunks = _chunks(json.dumps(part.input, ensure_ascii=False), pace)
+                delay = TICK if pace else 0.0
+                first, kind, key = part.first_token, "input_json", "partial_json"
+            await asyncio.sleep(first)
+            for number, chunk in enumerate(chunks):
+                if number and delay:
+                    await asyncio.sleep(delay)
+                delta = {"type": f"{kind}_delta", key: chunk}
+                await event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            await event("content_block_stop", {"type": "content_block_stop", "index": index})
+        stop_reason = "end_turn" if isinstance(response, Text) else "tool_use"
         await event(
             "message_delta",
             {
@@ -263,6 +282,13 @@ class FakeAnthropic:
         )
         await event("message_stop", {"type": "message_stop"})
         await stream.write_eof()
+
+
+def _has_tool_result(body: dict[str, Any]) -> bool:
+    content = body.get("messages", [{}])[-1].get("content")
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+    )
 
 
 def _error(response: Status) -> web.Response:
@@ -277,18 +303,26 @@ def _error(response: Status) -> web.Response:
     return web.json_response(body, status=response.status, headers=headers)
 
 
-def _empty(response: Response) -> dict[str, Any]:
+def _parts(response: ToolCall | Text | Calls) -> tuple[ToolCall | Text, ...]:
+    return response.calls if isinstance(response, Calls) else (response,)
+
+
+def _empty(response: Response, index: int = 0) -> dict[str, Any]:
     if isinstance(response, ToolCall):
-        return {"type": "tool_use", "id": "toolu_fake01", "name": response.name, "input": {}}
+        block_id = f"toolu_fake{index + 1:02d}"
+        return {"type": "tool_use", "id": block_id, "name": response.name, "input": {}}
     return {"type": "text", "text": ""}
 
 
 def _message(message_id: str, body: dict[str, Any], response: Response | None) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
-    if isinstance(response, ToolCall):
-        content = [{**_empty(response), "input": response.input}]
-    elif isinstance(response, Text):
-        content = [{"type": "text", "text": response.text}]
+    for index, part in enumerate(
+        _parts(response) if isinstance(response, ToolCall | Text | Calls) else ()
+    ):
+        if isinstance(part, ToolCall):
+            content.append({**_empty(part, index), "input": part.input})
+        else:
+            content.append({"type": "text", "text": part.text})
     cached = sum(len(json.dumps(tool)) for tool in body.get("tools", [])) // CHARS_PER_TOKEN
     return {
         "id": message_id,
@@ -296,7 +330,7 @@ def _message(message_id: str, body: dict[str, Any], response: Response | None) -
         "role": "assistant",
         "model": body.get("model", ""),
         "content": content,
-        "stop_reason": "tool_use" if isinstance(response, ToolCall) else None,
+        "stop_reason": "tool_use" if isinstance(response, ToolCall | Calls) else None,
         "stop_sequence": None,
         "usage": {
             "input_tokens": len(json.dumps(body.get("messages", []))) // CHARS_PER_TOKEN,
@@ -309,10 +343,9 @@ def _message(message_id: str, body: dict[str, Any], response: Response | None) -
 
 def _tokens(response: Response) -> int:
     text = ""
-    if isinstance(response, Text):
-        text = response.text
-    elif isinstance(response, ToolCall):
-        text = json.dumps(response.input)
+    if isinstance(response, ToolCall | Text | Calls):
+        for part in _parts(response):
+            text += part.text if isinstance(part, Text) else json.dumps(part.input)
     return max(1, len(text) // CHARS_PER_TOKEN)
 
 
@@ -324,6 +357,7 @@ def _chunks(text: str, tokens_per_second: float | None) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+TOOL_INPUT = '{"order_id": "KC-1002", "postcode": "SW1A 1AA"}'  # what `--tool` calls with
 SIMULATED_REPLY = (
     "You can pause your subscription for up to three months under Account > Subscriptions; "
     "skipped deliveries are not charged."
@@ -343,11 +377,19 @@ def simulated_reply(words: int) -> str:
 
 
 async def _serve(
-    port: int, stall: float | None, words: int | None, first_token: float, pace: float
+    port: int,
+    stall: float | None,
+    words: int | None,
+    first_token: float,
+    pace: float,
+    tool: str | None,
 ) -> None:
     reply = simulated_reply(words) if words else SIMULATED_REPLY
-    answer = decision(reply=reply, sources=[1], first_token=first_token, tokens_per_second=pace)
-    async with FakeAnthropic(default=Stall(stall) if stall else answer, port=port) as fake:
+    pace_of = {"first_token": first_token, "tokens_per_second": pace}
+    answer = decision(reply=reply, sources=[1], **pace_of)
+    lookup = ToolCall(name=tool, input=json.loads(TOOL_INPUT), **pace_of) if tool else None
+    default = Stall(stall) if stall else answer
+    async with FakeAnthropic(default=default, call_first=lookup, port=port) as fake:
         print(f"fake Anthropic API on {fake.url}", flush=True)
         await asyncio.Event().wait()
 
@@ -359,5 +401,10 @@ if __name__ == "__main__":
     parser.add_argument("--words", type=int, help="the reply's length (default: 17 words)")
     parser.add_argument("--first-token", type=float, default=0.6, help="seconds")
     parser.add_argument("--tokens-per-second", type=float, default=60.0)
+    parser.add_argument("--tool", help=f"call this tool first, with {TOOL_INPUT}")
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.stall, args.words, args.first_token, args.tokens_per_second))
+    asyncio.run(
+        _serve(
+            args.port, args.stall, args.words, args.first_token, args.tokens_per_second, args.tool
+        )
+    )

@@ -42,6 +42,13 @@ _BOT_USER = {
     "avatar": None,
     "bot": True,
 }
+_CUSTOMER = {
+    "id": CUSTOMER_ID,
+    "username": "ada",
+    "discriminator": "0",
+    "global_name": "Ada Lovelace",
+    "avatar": None,
+}
 _snowflakes = itertools.count(600000000000000001)
 
 
@@ -97,6 +104,14 @@ class FakeDiscord(FakeServer):
             if (call.method, call.path) == ("PATCH", path)
         ]
 
+    def interaction_responses(self) -> list[dict[str, Any]]:
+        """The bodies of every interaction response, in order."""
+        return [
+            call.body
+            for call in self.calls
+            if call.method == "POST" and call.path.startswith("/interactions/")
+        ]
+
     def typed(self, channel_id: str) -> int:
         path = f"/channels/{channel_id}/typing"
         return sum(1 for call in self.calls if call.method == "POST" and call.path == path)
@@ -137,6 +152,10 @@ class FakeDiscord(FakeServer):
                 return _json(edited)
             case "POST", ["channels", _, "typing"]:
                 return web.Response(status=204)
+            case "POST", ["interactions", interaction_id, _, "callback"]:
+                # https://discord.com/developers/docs/interactions/receiving-and-responding#create-interaction-response
+                callback = {"id": interaction_id, "type": 3, "response_message_loading": False}
+                return _json({"interaction": callback, "resource": {"type": body["type"]}})
         return _json({"message": "404: Not Found", "code": 0}, status=404)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -206,6 +225,7 @@ def _created_message(channel_id: str, body: dict[str, Any]) -> dict[str, Any]:
         "channel_id": channel_id,
         "type": 0,
         "content": body.get("content", ""),
+        "components": body.get("components", []),
         "author": _BOT_USER,
         "timestamp": "2026-11-23T12:00:00.000000+00:00",
         "edited_timestamp": None,
@@ -229,13 +249,7 @@ def message_create(
     author_id: str = CUSTOMER_ID,
 ) -> dict[str, Any]:
     """A MESSAGE_CREATE event's `d`, as the gateway sends it (guild events carry `member`)."""
-    author = {
-        "id": author_id,
-        "username": "ada",
-        "discriminator": "0",
-        "global_name": "Ada Lovelace",
-        "avatar": None,
-    }
+    author = {**_CUSTOMER, "id": author_id}
     data: dict[str, Any] = {
         "id": str(next(_snowflakes)),
         "channel_id": channel_id,
@@ -268,3 +282,24 @@ def message_create(
 def bot_mention() -> dict[str, Any]:
     """The bot as it appears in a message's `mentions`."""
     return dict(_BOT_USER)
+
+
+def button_press(custom_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """An INTERACTION_CREATE: the customer pressed a button of `message` in their DM."""
+    return {
+        "id": str(next(_snowflakes)),
+        "application_id": APPLICATION_ID,
+        "type": 3,  # MESSAGE_COMPONENT
+        "token": "interaction-token",
+        "version": 1,
+        "data": {"custom_id": custom_id, "component_type": 2},
+        "channel_id": message["channel_id"],
+        "channel": {"id": message["channel_id"], "type": 1},  # DM
+        "user": _CUSTOMER,
+        "message": message,
+        "locale": "en-US",
+        "app_permissions": "0",
+        "entitlements": [],
+        "authorizing_integration_owners": {},
+        "attachment_size_limit": 10485760,
+    }

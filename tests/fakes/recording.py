@@ -47,12 +47,21 @@ class RecordingStreamingChannel(RecordingChannel):
             raise self.failing
         steps = [("open", outbound.text)]
         self.streams.append(steps)
-        return _RecordedStream(steps)
+        return _RecordedStream(steps, len(self.streams) - 1)
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        number = int(handle["stream"])
+        return _RecordedStream(self.streams[number], number)
 
 
 @dataclass
 class _RecordedStream:
     steps: list[tuple[str, str]]
+    number: int  # its place in `streams`
+
+    @property
+    def handle(self) -> dict[str, str]:
+        return {"stream": str(self.number)}
 
     async def append(self, text: str) -> None:
         self.steps.append(("append", text))

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.app.scenarios.model import Case, Expect, regex_of
+from gateway.app.scenarios.model import Case, Expect, ExpectedCall, regex_of
+from gateway.message import ToolCallRecord
 
 EXCERPT = 240  # characters of a reply shown in a mismatch
 
@@ -24,11 +27,12 @@ class Outcome:
     explanation: str
     confidence: float
     latency_ms: float
+    calls: tuple[ToolCallRecord, ...] = ()  # the tools called for this turn, in order
 
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
-    check: str  # action, sources, says, not_says, language
+    check: str  # action, sources, says, not_says, language, calls, not_calls
     expected: str
     got: str
 
@@ -87,14 +91,37 @@ def check_language(expect: Expect, outcome: Outcome, case: Case) -> list[Mismatc
     )
 
 
+def check_calls(expect: Expect, outcome: Outcome, case: Case) -> list[Mismatch]:
+    return [
+        Mismatch("calls", describe_expected(wanted), describe_calls(outcome.calls))
+        for wanted in expect.calls
+        if not any(made(wanted, call) for call in outcome.calls)
+    ]
+
+
+def check_not_calls(expect: Expect, outcome: Outcome, case: Case) -> list[Mismatch]:
+    return [
+        Mismatch(
+            "not_calls",
+            f"no call to {tool}",
+            describe_calls([call for call in outcome.calls if call.tool == tool]),
+        )
+        for tool in expect.not_calls
+        if any(call.tool == tool for call in outcome.calls)
+    ]
+
+
 Check = Callable[[Expect, Outcome, Case], list[Mismatch]]
-# In the order a reader compares: the decision, then what the reply cites and says.
+# In the order a reader compares: the decision, then what the reply cites and says, then
+# what the gateway did on the business's API.
 CHECKS: tuple[Check, ...] = (
     check_action,
     check_sources,
     check_says,
     check_not_says,
     check_language,
+    check_calls,
+    check_not_calls,
 )
 
 
@@ -105,6 +132,39 @@ def mismatches(expects: Sequence[Expect], outcome: Outcome, case: Case) -> list[
         for check in CHECKS
         for mismatch in check(expect, outcome, case)
     ]
+
+
+def made(wanted: ExpectedCall, call: ToolCallRecord) -> bool:
+    """Whether `call` is the expected one: the same tool, every expected argument equal, and
+    the expected outcome (when one is given)."""
+    return (
+        call.tool == wanted.tool
+        and all(
+            name in call.arguments and call.arguments[name] == value
+            for name, value in wanted.arguments.items()
+        )
+        and (wanted.outcome is None or call.outcome == wanted.outcome)
+    )
+
+
+def describe_expected(wanted: ExpectedCall) -> str:
+    arguments = f" with {_arguments(wanted.arguments)}" if wanted.arguments else ""
+    outcome = f" -> {wanted.outcome}" if wanted.outcome else ""
+    return f"{wanted.tool}{arguments}{outcome}"
+
+
+def describe_calls(calls: Sequence[ToolCallRecord]) -> str:
+    """The calls on one line, as the transcript writes them: `tool {arguments} -> outcome`."""
+    return "; ".join(map(describe_call, calls)) or "no tool called"
+
+
+def describe_call(call: ToolCallRecord) -> str:
+    status = f" {call.status}" if call.status is not None else ""
+    return f"{call.tool} {_arguments(call.arguments)} -> {call.outcome}{status}"
+
+
+def _arguments(arguments: dict[str, Any]) -> str:
+    return json.dumps(arguments, ensure_ascii=False, sort_keys=True)
 
 
 def same_page(expected: str, cited: str) -> bool:

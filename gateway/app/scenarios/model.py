@@ -13,20 +13,22 @@ cases:
       ...
     every_turn:                           # optional: about each turn
       not_says: ["refund approved"]
+      not_calls: [start_return]           # tools this turn must not call
 ```
 
-`expect` holds the checks of one turn (`Expect`). The labelled sets under `benchmarks/data/`
-are scenario files too: `kind`, `language` (the customer's) and `origin` describe a case and
-are reported, never checked.
+`expect` holds the checks of one turn (`Expect`); the tools it names (`calls`, `not_calls`)
+must be configured ones, which `load_all` checks when the run starts. The labelled sets under
+`benchmarks/data/` are scenario files too: `kind`, `language` (the customer's) and `origin`
+describe a case and are reported, never checked.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -72,13 +74,28 @@ def _compiles(pattern: str) -> str:
 # Text a reply must (not) contain: a substring, or a regular expression written `/.../`.
 PatternText = Annotated[str, Field(min_length=1), AfterValidator(_compiles)]
 LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]
+ToolName = Annotated[str, Field(min_length=1)]
+# brain.tools.Outcome's values: what a call came to.
+CallOutcome = Literal["ok", "rejected", "invalid", "failed", "timeout", "refused"]
+
+
+class ExpectedCall(_Model):
+    """A call the turn made: `tool`, with at least the arguments in `with` (equal values; the
+    arguments the verified identity fills count too), and its `outcome` when given."""
+
+    tool: ToolName
+    arguments: dict[str, Any] = Field(default_factory=dict, alias="with")
+    outcome: CallOutcome | None = None
+
+
+def _call(value: object) -> object:
+    return {"tool": value} if isinstance(value, str) else value
 
 
 class Expect(_Model):
     """What the gateway must do on one turn; every field given is checked, the others not.
 
-    New kinds of check (the tools a turn calls, issue 14) join here, with their check in
-    `checks.CHECKS`.
+    New kinds of check join here, with their check in `checks.CHECKS`.
     """
 
     action: Literal["answer", "escalate"] | None = None
@@ -89,6 +106,9 @@ class Expect(_Model):
     # The reply's language: a code (de, es, ...) or `customer`: the customer's language (the
     # case's `language`, else the one their turn is written in).
     language: LanguageCode | Literal["customer"] | None = None
+    # Tools the turn called (a name, or {tool, with, outcome}), and tools it never called.
+    calls: list[Annotated[ExpectedCall, BeforeValidator(_call)]] = Field(default_factory=list)
+    not_calls: list[ToolName] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -96,7 +116,17 @@ class Expect(_Model):
             raise ValueError("a reason goes with `action: escalate`")
         if not self.model_fields_set:
             raise ValueError("expects nothing: give action, reason, sources, says, ...")
+        both = {call.tool for call in self.calls} & set(self.not_calls)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))}: in both calls and not_calls")
         return self
+
+    def tools(self) -> Iterator[tuple[str, str]]:
+        """Each tool named, with its key path inside this `expect`."""
+        for index, call in enumerate(self.calls):
+            yield f"calls[{index}].tool", call.tool
+        for index, name in enumerate(self.not_calls):
+            yield f"not_calls[{index}]", name
 
 
 class Turn(_Model):
@@ -143,6 +173,16 @@ class Case(_Model):
 
     def channels(self) -> set[str]:
         return {turn.channel or self.channel for turn in self.turns}
+
+    def expects(self) -> Iterator[tuple[str, Expect]]:
+        """Every `expect` written in the case, with its key path (`turns[1].expect`)."""
+        for index, turn in enumerate(self.turns):
+            if turn.expect is not None:
+                yield f"turns[{index}].expect", turn.expect
+        if self.expect is not None:
+            yield "expect", self.expect
+        if self.every_turn is not None:
+            yield "every_turn", self.every_turn
 
 
 class ScenarioFile(_Model):
@@ -212,12 +252,16 @@ def collect(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def load_all(paths: Sequence[Path], *, channels: Sequence[str]) -> list[Suite]:
-    """Every file's cases; names unique across them, channels among `channels`."""
+def load_all(
+    paths: Sequence[Path], *, channels: Sequence[str], tools: Collection[str] = ()
+) -> list[Suite]:
+    """Every file's cases; names unique across them, channels among `channels`, the tools
+    their expectations name among `tools` (the configured ones)."""
     suites = [load(path) for path in collect(paths)]
     seen: dict[str, Path] = {}
     for suite in suites:
-        for case in suite.cases:
+        for index, case in enumerate(suite.cases):
+            _known_tools(suite.path, index, case, tools)
             if case.name in seen:
                 raise ScenarioError(
                     f"{suite.path}: case {case.name!r} is also in {seen[case.name]}"
@@ -230,3 +274,16 @@ def load_all(paths: Sequence[Path], *, channels: Sequence[str]) -> list[Suite]:
                     f"(one of {', '.join(channels)})"
                 )
     return suites
+
+
+def _known_tools(path: Path, index: int, case: Case, tools: Collection[str]) -> None:
+    """A tool name with a typo would make `not_calls` pass whatever the bot does: refused."""
+    configured = f"one of {', '.join(sorted(tools))}" if tools else "no tools are configured"
+    unknown = [
+        f"  cases[{index}] ({case.name}).{where}.{key}: unknown tool {name!r} ({configured})"
+        for where, expect in case.expects()
+        for key, name in expect.tools()
+        if name not in tools
+    ]
+    if unknown:
+        raise ScenarioError(f"{path}: {len(unknown)} problem(s):\n" + "\n".join(unknown))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from gateway.channel import Capabilities, ReplyStream
-from gateway.message import Outbound
+from gateway.message import Outbound, RatingAsk
 from gateway.split import split_text
 
 if TYPE_CHECKING:
@@ -54,8 +54,14 @@ class RecordingChannel:
         if outbound.in_reply_to is not None:
             self._replies.setdefault(outbound.in_reply_to, []).append(outbound)
 
+    async def ask_rating(self, ask: RatingAsk) -> None:
+        await self.send(ask.reply)
+
     async def typing(self, conversation: str) -> None:
         self.typing_in.append(conversation)
 
     async def stream(self, outbound: Outbound) -> ReplyStream | None:
         return None  # no growing messages: `capabilities.streaming` is off
+
+    async def resume(self, outbound: Outbound, handle: dict[str, str]) -> ReplyStream | None:
+        return None

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gateway.app.scenarios.checks import excerpt
+from gateway.app.scenarios.checks import describe_call, excerpt
 from gateway.app.scenarios.runner import CaseResult, CheckedTurn, Run
 
 Line = tuple[str, str]  # (style, text)
@@ -48,6 +48,8 @@ def _turn_diff(number: int, turns: int, turn: CheckedTurn) -> Iterator[Line]:
     if outcome.explanation:
         yield "dim", f"      why       {excerpt(outcome.explanation)}"
     yield "dim", f"      reply     {excerpt(outcome.reply) or '(none)'}"
+    for call in outcome.calls:
+        yield "dim", f"      called    {describe_call(call)}"
 
 
 def print_report(
@@ -124,6 +126,7 @@ def _run_json(run: Run) -> dict[str, Any]:
                 "reply": turn.outcome.reply,
                 "confidence": turn.outcome.confidence,
                 "latency_ms": turn.outcome.latency_ms,
+                "calls": [call.model_dump(mode="json") for call in turn.outcome.calls],
                 "mismatches": [
                     {"check": m.check, "expected": m.expected, "got": m.got}
                     for m in turn.mismatches

@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import CHANNELS
 from brain.knowledge import KnowledgeBase
+from gateway.app.demo_shop import aimed_at, seeded_shop, serving
 from gateway.app.runtime import Runtime
 from gateway.app.scenarios.checks import Mismatch, Outcome, detect_language, mismatches
 from gateway.app.scenarios.model import Case, Expect, Suite
 from gateway.app.scenarios.recording import RecordingChannel
 from gateway.app.settings import GatewayConfig
 from gateway.channel import Channel, ChannelContext
-from gateway.message import Inbound, conversation_key, new_id
+from gateway.message import Inbound, conversation_key, new_id, turn_calls
 from gateway.relay import Relay
 
 
@@ -144,6 +145,7 @@ class ScenarioRunner:
                 return Run(tuple(checked), error=f"turn {len(checked) + 1}: {error!r}")
             decision = result.decision
             sent = [out.text for out in self._runtime.recorder.replies_to(message.id)]
+            transcript = await self._runtime.store.transcript(conversation)
             outcome = Outcome(
                 text=turn.text,
                 action=decision.action.value,
@@ -153,6 +155,7 @@ class ScenarioRunner:
                 explanation=decision.explanation,
                 confidence=decision.confidence,
                 latency_ms=result.latency_ms,
+                calls=tuple(turn_calls(transcript, message.id)),
             )
             found = mismatches(expects, outcome, case)
             checked.append(CheckedTurn(outcome, tuple(expects), tuple(found)))
@@ -165,8 +168,14 @@ def _expects(suite: Suite) -> list[Expect]:
 
 @asynccontextmanager
 async def open_runner(config: GatewayConfig) -> AsyncIterator[ScenarioRunner]:
-    """The runner over `config`'s gateway, its knowledge base ingested when stale."""
-    async with ScenarioRuntime.open(config, embedded=True) as runtime:
+    """The runner over `config`'s gateway, its knowledge base ingested when stale. With
+    `demo.shop` on, the demo shop is served on a loopback port of its own for the run (no web
+    role runs here to serve it), freshly seeded, and the tools call it there."""
+    async with AsyncExitStack() as stack:
+        if config.demo.shop:
+            shop = await stack.enter_async_context(serving(seeded_shop()))
+            config = config.model_copy(update={"connections": aimed_at(config.connections, shop)})
+        runtime = await stack.enter_async_context(ScenarioRuntime.open(config, embedded=True))
         await runtime.ingest_if_stale()
         await runtime.knowledge.search("warm up", k=1)  # the embedding model loads here
         yield ScenarioRunner(runtime)
