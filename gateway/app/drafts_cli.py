@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -51,9 +52,8 @@ def build(
     settings = _settings(config)
     built = asyncio.run(_build(settings, datetime.now(UTC) - parse_period(since)))
     for draft in built.written:
-        console.print(
-            f"drafted [bold]{draft.id}[/bold]: {Text(draft.title)}", highlight=False, soft_wrap=True
-        )
+        title = escape(draft.title)
+        console.print(f"drafted [bold]{draft.id}[/bold]: {title}", highlight=False, soft_wrap=True)
     console.print(
         f"{len(built.written)} draft(s) written to {settings.drafts_dir}; "
         f"{built.covered} answered question(s) already drafted, accepted or rejected",
@@ -136,6 +136,12 @@ def accept(draft_id: DraftId, config: ConfigOption = None) -> None:
     knowledge = open_knowledge(settings)
     try:
         report = knowledge.ingest([target])
+    except Exception as error:  # the page is in place: the next ingest takes it
+        console.print(
+            f"[red]Accepted {draft_id} into {page}, but the ingest failed:[/red] "
+            f"{escape(f'{type(error).__name__}: {error}')}; run `gateway kb ingest`"
+        )
+        raise typer.Exit(1) from None
     finally:
         knowledge.close()
     console.print(
@@ -149,7 +155,7 @@ def reject(draft_id: DraftId, config: ConfigOption = None) -> None:
     """Drop the draft; the same question is not drafted again."""
     _, folder = _folder(config)
     draft = _or_exit(lambda: folder.reject(draft_id))
-    console.print(f"Rejected [bold]{draft.id}[/bold]: {Text(draft.title)}", highlight=False)
+    console.print(f"Rejected [bold]{draft.id}[/bold]: {escape(draft.title)}", highlight=False)
 
 
 def _or_exit(step: Callable[[], T]) -> T:
