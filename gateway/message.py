@@ -130,6 +130,18 @@ class Rating(Model):
         except ValueError:
             return None
 
+    def event(self, channel: str, conversation: str, sender: str) -> Inbound:
+        """The RATING event a press or a click publishes: keyed on the ask, so a double click
+        or a second answer is a duplicate the pipeline drops."""
+        return Inbound(
+            kind=InboundKind.RATING,
+            channel=channel,
+            conversation=conversation,
+            sender=sender,
+            provider_message_id=f"rating:{self.ask}",
+            rating=self,
+        )
+
 
 class Inbound(Model):
     """A customer's message or an agent's event, normalized.
