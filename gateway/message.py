@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
