@@ -38,7 +38,6 @@ from gateway.message import (
     Identity,
     IdentityKind,
     Inbound,
-    InboundKind,
     Outbound,
     Rating,
     RatingAsk,
@@ -267,13 +266,8 @@ class DiscordChannel(BaseChannel[DiscordConfig]):
         scope = (channel_id,) if direct else (channel_id, str(interaction.user.id))
         async with self._publishing:
             await self.context.publish(
-                Inbound(
-                    kind=InboundKind.RATING,
-                    channel=CHANNEL,
-                    conversation=conversation_key(CHANNEL, *scope),
-                    sender=interaction.user.display_name,
-                    provider_message_id=f"rating:{rating.ask}",
-                    rating=rating,
+                rating.event(
+                    CHANNEL, conversation_key(CHANNEL, *scope), interaction.user.display_name
                 )
             )
         try:  # best effort: the rating is on the bus already

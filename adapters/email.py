@@ -76,7 +76,6 @@ from gateway.message import (
     Identity,
     IdentityKind,
     Inbound,
-    InboundKind,
     Outbound,
     Rating,
     RatingAsk,
@@ -356,14 +355,7 @@ class EmailChannel(BaseChannel[EmailConfig]):
             address, _ = _key_parts(conversation)
         except ValueError:  # signed by us, so never; unless the key was reused elsewhere
             raise web.HTTPBadRequest(reason="not a rating link") from None
-        message = Inbound(
-            kind=InboundKind.RATING,
-            channel=CHANNEL,
-            conversation=conversation,
-            sender=address,
-            provider_message_id=f"rating:{rating.ask}",
-            rating=rating,
-        )
+        message = rating.event(CHANNEL, conversation, address)
         thanks = RATED
         with self.context.await_result(message.id) as result:
             await self.context.publish(message)

@@ -458,16 +458,7 @@ class SlackChannel(BaseChannel[SlackConfig]):
             log.warning("slack.stale_rating", why="no conversation, or not its customer")
             await ack()
             return
-        await self.context.publish(
-            Inbound(
-                kind=InboundKind.RATING,
-                channel=CHANNEL,
-                conversation=key,
-                sender=user,
-                provider_message_id=f"rating:{rating.ask}",
-                rating=rating,
-            )
-        )
+        await self.context.publish(rating.event(CHANNEL, key, user))
         await ack()
 
     async def _display_name(self, user: str) -> str:

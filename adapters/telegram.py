@@ -66,7 +66,6 @@ from gateway.message import (
     Identity,
     IdentityKind,
     Inbound,
-    InboundKind,
     Outbound,
     Rating,
     RatingAsk,
@@ -350,14 +349,7 @@ class TelegramChannel(BaseChannel[TelegramConfig]):
         private = message.chat.type == ChatType.PRIVATE
         scope = (chat_id,) if private else (chat_id, str(query.from_user.id))
         await self.context.publish(
-            Inbound(
-                kind=InboundKind.RATING,
-                channel=CHANNEL,
-                conversation=conversation_key(CHANNEL, *scope),
-                sender=query.from_user.full_name,
-                provider_message_id=f"rating:{rating.ask}",
-                rating=rating,
-            )
+            rating.event(CHANNEL, conversation_key(CHANNEL, *scope), query.from_user.full_name)
         )
         try:  # best effort: the rating is on the bus already
             await self._bot.answer_callback_query(query.id)

@@ -47,7 +47,6 @@ from gateway.message import (
     Identity,
     IdentityKind,
     Inbound,
-    InboundKind,
     Outbound,
     Rating,
     RatingAsk,
@@ -211,16 +210,7 @@ class WebchatChannel(BaseChannel[WebchatConfig]):
         except ValueError:
             await socket.send_json({"type": "error", "message": "not a rating of 1 to 5"})
             return
-        await self.context.publish(
-            Inbound(
-                kind=InboundKind.RATING,
-                channel=CHANNEL,
-                conversation=key,
-                sender=f"webchat:{conversation_id}",
-                provider_message_id=f"rating:{rating.ask}",
-                rating=rating,
-            )
-        )
+        await self.context.publish(rating.event(CHANNEL, key, f"webchat:{conversation_id}"))
         await socket.send_json({"type": "rated", "ask_id": rating.ask, "score": rating.score})
 
     async def _resend_histories(self) -> None:

@@ -4,6 +4,8 @@ and injections, per split, with the offline answerer.
     python benchmarks/brain_quality.py --split dev                 # tune and inspect here
     python benchmarks/brain_quality.py --split dev --show-failures # each failed case's diff
     python benchmarks/brain_quality.py                             # dev, then test (final figures)
+    python benchmarks/brain_quality.py --split dev --embedder e5-small \
+        --brain benchmarks/data/plausible/calibration-e5-small.yaml  # another embedder's scale
 
 The cases are the scenario files benchmarks/data/plausible/{dev,test}.yaml (README there) and
 run through `gateway test`'s runner: the real pipeline in process, one conversation per case,
@@ -31,11 +33,13 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 
 from brain.config import BrainConfig, KnowledgeConfig  # noqa: E402
+from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS  # noqa: E402
 from gateway.app.scenarios.checks import cites  # noqa: E402
 from gateway.app.scenarios.model import Case, Suite, load  # noqa: E402
 from gateway.app.scenarios.report import diff  # noqa: E402
 from gateway.app.scenarios.runner import CaseResult, ScenarioRunner, open_runner  # noqa: E402
 from gateway.app.settings import GatewayConfig  # noqa: E402
+from gateway.config import read_config  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "plausible"
@@ -48,7 +52,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="the help-centre folder")
     parser.add_argument("--split", choices=["dev", "test", "both"], default="both")
-    parser.add_argument("--cache", type=Path, default=CACHE, help="the knowledge base lives here")
+    parser.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER)
+    parser.add_argument(
+        "--brain",
+        type=Path,
+        help="a YAML file of brain settings (as under `brain:` in gateway.yaml), e.g. the "
+        "thresholds calibrated for another embedder",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help=f"the knowledge base lives here (default: {CACHE}/EMBEDDER, one per vector space)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="cases run at once")
     parser.add_argument(
         "--deadline", type=float, default=30.0, help="brain.deadline in seconds (default 30)"
@@ -59,6 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.corpus.is_dir():
         parser.error(f"no corpus at {args.corpus}")
+    args.cache = args.cache or CACHE / args.embedder
     configure_logging("warning", "console", [])
     splits = ["dev", "test"] if args.split == "both" else [args.split]
     asyncio.run(measure(args, splits))
@@ -67,10 +83,12 @@ def main() -> None:
 async def measure(args: argparse.Namespace, splits: list[str]) -> None:
     config = GatewayConfig(
         data_dir=args.cache,
-        knowledge=KnowledgeConfig(sources=[str(args.corpus.resolve())]),
+        knowledge=KnowledgeConfig(sources=[str(args.corpus.resolve())], embedder=args.embedder),
         # The offline answerer, whatever the environment; the deadline is --deadline, so a
         # loaded machine's slow search is not counted as a decision (latency has benchmarks).
-        brain=BrainConfig(anthropic_api_key=None, deadline=args.deadline),
+        brain=brain_settings(args.brain).model_copy(
+            update={"anthropic_api_key": None, "deadline": args.deadline}
+        ),
     )
     started = time.perf_counter()
     async with open_runner(config) as runner:
@@ -80,6 +98,7 @@ async def measure(args: argparse.Namespace, splits: list[str]) -> None:
             f"corpus {args.corpus} ({chunks} chunks, ready in {ready:.1f} s), "
             f"{runner.answerer} answerer, embedder {config.knowledge.embedder}, "
             f"min_confidence {config.brain.min_confidence}, deadline {config.brain.deadline:g} s"
+            + (f", brain settings from {args.brain}" if args.brain else "")
         )
         for split in splits:
             suite = load(DATA / f"{split}.yaml")
@@ -91,6 +110,12 @@ async def measure(args: argparse.Namespace, splits: list[str]) -> None:
             report(suite, ranked, results)
             if args.show_failures and split == "dev":
                 show_failures(results)
+
+
+def brain_settings(path: Path | None) -> BrainConfig:
+    if path is None:
+        return BrainConfig()
+    return read_config(path.read_text(encoding="utf-8"), BrainConfig, name=str(path))
 
 
 async def retrieve(runner: ScenarioRunner, cases: Sequence[Case]) -> dict[str, list[str]]:

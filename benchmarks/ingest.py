@@ -24,7 +24,7 @@ import numpy as np
 # Run as a script from anywhere: the project root is not on sys.path then.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, Embedder, Kind, load_embedder
 from brain.knowledge import KnowledgeBase
 
 QUERIES = [
@@ -46,9 +46,9 @@ class TimedEmbedder:
         self.seconds = 0.0
         self.texts = 0
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         started = time.perf_counter()
-        vectors = self._embedder.embed(texts)
+        vectors = self._embedder.embed(texts, kind)
         self.seconds += time.perf_counter() - started
         self.texts += len(texts)
         return vectors

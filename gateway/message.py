@@ -7,13 +7,16 @@ Nothing past an adapter knows a provider's payload shape; provider-only details 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def new_id() -> str:
@@ -130,6 +133,18 @@ class Rating(Model):
         except ValueError:
             return None
 
+    def event(self, channel: str, conversation: str, sender: str) -> Inbound:
+        """The RATING event a press or a click publishes: keyed on the ask, so a double click
+        or a second answer is a duplicate the pipeline drops."""
+        return Inbound(
+            kind=InboundKind.RATING,
+            channel=channel,
+            conversation=conversation,
+            sender=sender,
+            provider_message_id=f"rating:{self.ask}",
+            rating=self,
+        )
+
 
 class Inbound(Model):
     """A customer's message or an agent's event, normalized.
@@ -151,6 +166,15 @@ class Inbound(Model):
     extras: dict[str, Any] = Field(default_factory=dict)  # provider details, for its adapter only
     identity: Identity | None = None  # what the channel verified; None: nothing was
     rating: Rating | None = None  # RATING events
+
+    @field_validator("text", "sender", "author")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        """A lone surrogate (JSON's "\\ud800" decodes to one) encodes to nothing: the
+        embedder, Redis and every provider would fail on it. Each becomes U+FFFD."""
+        if value is None or value.isascii():
+            return value
+        return _SURROGATE.sub("\ufffd", value)
 
     @property
     def dedupe_key(self) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from brain.embedder import Embedder
+from brain.embedder import Embedder, Kind
 
 
 class CountingEmbedder:
@@ -16,8 +16,10 @@ class CountingEmbedder:
         self.name, self.dimensions, self._inner = inner.name, inner.dimensions, inner
         self.embedded: list[str] = []
         self.calls: list[int] = []  # the number of texts of each call
+        self.kinds: list[Kind] = []  # the kind of text of each call
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         self.embedded.extend(texts)
         self.calls.append(len(texts))
-        return self._inner.embed(texts)
+        self.kinds.append(kind)
+        return self._inner.embed(texts, kind)

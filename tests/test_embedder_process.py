@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, load_embedder
+from brain.embedder import (
+    DEFAULT_EMBEDDER,
+    ChildProcessEmbedder,
+    E5SmallEmbedder,
+    Embedder,
+    load_embedder,
+)
 from brain.knowledge import KnowledgeBase
 from tests.test_embedder import USE_TEXTS
 
@@ -70,6 +76,18 @@ def test_a_killed_child_is_replaced_and_the_request_answered(
     assert not alive(first)
     died = [log for log in logs if log["event"] == "embedder.child_died"]
     assert died and died[0]["exitcode"] == -signal.SIGKILL
+
+
+def test_the_child_embeds_queries_and_passages_each_as_told() -> None:
+    e5 = ChildProcessEmbedder(E5SmallEmbedder.name)
+    try:
+        in_process = E5SmallEmbedder()
+        for kind in ("query", "passage"):
+            np.testing.assert_allclose(
+                e5.embed(TEXTS, kind), in_process.embed(TEXTS, kind), atol=1e-6
+            )
+    finally:
+        e5.close()
 
 
 def test_close_stops_the_child_and_a_later_call_starts_one_again() -> None:

@@ -18,7 +18,7 @@ from chromadb.config import Settings
 from structlog.testing import capture_logs
 
 from brain import knowledge, lexical
-from brain.embedder import Embedder, MiniLMEmbedder
+from brain.embedder import Embedder, Kind, MiniLMEmbedder
 from brain.knowledge import KnowledgeBase
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kb"
@@ -343,9 +343,9 @@ async def test_concurrent_searches_share_a_batch_and_each_gets_its_own_answer(
     batches: list[int] = []
     embed = kb._embed
 
-    def counting_embed(texts: list[str]):  # type: ignore[no-untyped-def]
+    def counting_embed(texts: list[str], kind: Kind):  # type: ignore[no-untyped-def]
         batches.append(len(texts))
-        return embed(texts)
+        return embed(texts, kind)
 
     monkeypatch.setattr(kb, "_embed", counting_embed)
     questions = {

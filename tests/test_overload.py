@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramConfig
-from brain.embedder import DEFAULT_EMBEDDER, Embedder, load_embedder
+from brain.embedder import DEFAULT_EMBEDDER, Embedder, Kind, load_embedder
 from brain.knowledge import KnowledgeBase
 from gateway.admission import Admission
 from gateway.app.http import build_app
@@ -64,13 +64,13 @@ class HeldEmbedder:
         self.release = threading.Event()
         self.hold = False
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         if self.hold:
             self.hold = False
             self.holding.set()
             assert self.release.wait(10)
         self.calls.append(list(texts))
-        return self._embedder.embed(texts)
+        return self._embedder.embed(texts, kind)
 
 
 @pytest.fixture(scope="module")

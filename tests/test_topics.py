@@ -52,7 +52,7 @@ ASKED = {
 
 def embedding(embedder: Embedder) -> Embed:
     async def embed(texts: Sequence[str]) -> np.ndarray:
-        return embedder.embed(list(texts))
+        return embedder.embed(list(texts), "query")  # as KnowledgeBase.embed asks
 
     return embed
 

@@ -146,3 +146,19 @@ async def test_the_page_and_the_api_send_security_headers(gateway: Gateway) -> N
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+async def test_a_lone_surrogate_in_a_frame_is_answered_and_stored_as_a_replacement(
+    gateway: Gateway,
+) -> None:
+    # Valid JSON whose string decodes to a lone surrogate, which nothing downstream (the
+    # embedder, Redis, a provider) can encode: it becomes U+FFFD at the message model.
+    frame = '{"type": "message", "text": "How long does shipping \\ud800 to Canada take?", '
+    async with gateway.http.ws_connect("/webchat/ws") as socket:
+        hello = await socket.receive_json(timeout=5)
+        await socket.send_str(frame + '"client_id": "c1"}')
+        reply = (await receive_until(socket, "reply"))[-1]
+        assert reply["role"] == "bot" and reply["text"]
+    key = f"webchat:{hello['conversation_id'].partition('.')[0]}"
+    [customer, *_] = await gateway.runtime.store.transcript(key)
+    assert customer.text == "How long does shipping \ufffd to Canada take?"

@@ -10,6 +10,7 @@ accepting or rejecting it leaves a line in `DECISIONS`, so the same gap is not d
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -134,7 +135,8 @@ async def build_drafts(
         kept = np.flatnonzero(likeness.max(axis=1) < similarity).tolist()
         fresh, vectors = [fresh[row] for row in kept], vectors[kept]
     written = []
-    for rows in group(vectors, similarity=similarity):
+    # CPU work, off the event loop (a worker may build drafts beside its conversations).
+    for rows in await asyncio.to_thread(group, vectors, similarity=similarity):
         draft = new_draft([fresh[row] for row in rows], fresh[central(vectors, rows)].questions[0])
         folder.write(draft)
         written.append(draft)

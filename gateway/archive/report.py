@@ -8,6 +8,7 @@ embedder.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -162,11 +163,11 @@ async def topics(
         return []
     texts = [text for text, _, _ in questions]
     vectors = await embed_all(embed, texts)
-    groups = sorted(
-        group(vectors, similarity=similarity),
-        key=lambda rows: -sum(questions[row][1] for row in rows),
-    )[:TOP]
-    terms = distinctive_terms(
+    # The clustering is CPU work: off the event loop of a web process serving /admin/report.
+    grouped = await asyncio.to_thread(group, vectors, similarity=similarity)
+    groups = sorted(grouped, key=lambda rows: -sum(questions[row][1] for row in rows))[:TOP]
+    terms = await asyncio.to_thread(
+        distinctive_terms,
         [[texts[row] for row in rows] for rows in groups],
         [[questions[row][1] for row in rows] for rows in groups],
     )
