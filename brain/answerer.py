@@ -136,6 +136,9 @@ class GroundedAnswerer(ABC):
                 explanation="The message had no text or attachment.",
                 reply=self._config.messages.empty_message,
             )
+        # A change the model proposed waits for this message only, and only the answerer
+        # may act on it: a turn that a rule or a procedure decides ends it.
+        proposed, conversation.pending_action = conversation.pending_action, None
         earlier = [entry for entry in history if entry.message_id != message.id]
         reading = await self._read_intent(message.content, earlier, searched=passages is not None)
         ruled = self._judge.before_answer(message.content, earlier, reading)
@@ -165,6 +168,7 @@ class GroundedAnswerer(ABC):
                 confidence=0.0,
             )
         else:
+            conversation.pending_action = proposed
             decision = await self.answer(message, conversation, earlier, passages, draft)
         return self._judge.after_answer(decision, conversation, reading)
 

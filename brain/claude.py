@@ -86,7 +86,10 @@ class _ToolUse:
     json: str = ""
 
     def block(self) -> ToolUseBlockParam:
-        arguments = json.loads(self.json or "{}")
+        try:
+            arguments = json.loads(self.json or "{}")
+        except ValueError:  # the model was told so in the call's result
+            arguments = {}
         return {"type": "tool_use", "id": self.id, "name": self.name, "input": arguments}
 
 

@@ -341,3 +341,17 @@ async def test_the_model_may_start_a_procedure_which_then_runs_offline(
         status = await gateway.ask("jo", "SW1A 1AA")
         assert "DPD998877" in status["replies"][0]["text"]
         assert len(claude.requests) == asks
+
+
+async def test_a_proposed_change_ends_when_a_rule_decides_the_next_turn(
+    gateway: Gateway, claude: FakeAnthropic, shop: RunningShop
+) -> None:
+    claude.script(call("skip_delivery", SKIP), decision(reply="Shall I skip it? Reply yes."))
+    await gateway.ask("kai", "skip my next delivery SUB-1001 SW1A 1AA")
+    asks = len(claude.requests)
+    handed = await gateway.ask("kai", "yes, but I want to talk to a person first")
+    assert handed["decision"]["reason"] == "human_requested"
+    assert len(claude.requests) == asks  # decided before the model: the proposal is gone
+    assert shop.shop.actions == []
+    conversation = await gateway.runtime.store.load("rest:kai")
+    assert conversation is not None and conversation.pending_action is None
