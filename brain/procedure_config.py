@@ -19,7 +19,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, model_validator
 
-from gateway.config import Seconds, Section
+from gateway.config import Seconds, Section, en_de
 from gateway.message import Reason
 
 # One sandbox for every template: no attribute access to Python internals, no I/O.
@@ -139,33 +139,29 @@ class ProcedureConfig(Section):
         return self
 
 
-def _en_de(en: str, de: str) -> dict[str, str]:
-    return {"en": en, "de": de}
-
-
 class ProcedureMessages(Section):
     """What the engine itself says, per language (the first is the fallback)."""
 
     abandoned: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "OK, I've stopped that. Anything else I can help with?",
             "In Ordnung, ich habe das abgebrochen. Kann ich sonst noch helfen?",
         )
     )
     not_confirmed: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "OK, I haven't changed anything.", "In Ordnung, ich habe nichts geändert."
         )
     )
     tool_failed: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "Sorry, I couldn't reach our order system just now, so I've passed this to our team.",
             "Entschuldigung, unser Bestellsystem ist gerade nicht erreichbar. Ich habe Ihr "
             "Anliegen an unser Team weitergegeben.",
         )
     )
     gave_up: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "I couldn't match that, so I've asked a member of our team to help.",
             "Das konnte ich leider nicht zuordnen; ich habe jemanden aus unserem Team gebeten, "
             "Ihnen zu helfen.",

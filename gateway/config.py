@@ -194,7 +194,8 @@ class HandoffConfig(Section):
         return self
 
 
-def _en_de(en: str, de: str) -> dict[str, str]:
+def en_de(en: str, de: str) -> dict[str, str]:
+    """A text per language, English first (the fallback), for the built-in defaults."""
     return {"en": en, "de": de}
 
 
@@ -203,7 +204,7 @@ class SatisfactionMessages(Section):
     customer's is told from what they wrote, among these."""
 
     question: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "How would you rate the help you got, from 1 (poor) to 5 (great)?",
             "Wie bewerten Sie die Hilfe, die Sie bekommen haben, von 1 (schlecht) bis 5 "
             "(sehr gut)?",
@@ -211,13 +212,13 @@ class SatisfactionMessages(Section):
     )
     # Where the channel has no buttons (SMS, WhatsApp, an email without a rating link).
     hint: dict[str, str] = Field(
-        default_factory=lambda: _en_de(
+        default_factory=lambda: en_de(
             "Just reply with a number from 1 to 5.",
             "Antworten Sie einfach mit einer Zahl von 1 bis 5.",
         )
     )
     thanks: dict[str, str] = Field(
-        default_factory=lambda: _en_de("Thanks for your rating!", "Danke für Ihre Bewertung!")
+        default_factory=lambda: en_de("Thanks for your rating!", "Danke für Ihre Bewertung!")
     )
 
     @model_validator(mode="after")
