@@ -4,8 +4,11 @@ report's figures against counts computed from this script's own log.
 Customers write on REST and as Slack DMs; the offline answerer answers from the sample help
 centre; escalations reach agents in the fake Slack (real slack-bolt and slack_sdk), who reply
 in the thread (claiming) and press Resolve or Claim as signed Slack requests; unclaimed ones
-time out. Some customers come back on the same question after the resolution window (repeat
-contacts). Time is compressed: the resolution window is a few seconds, not a day.
+time out. Customers asked how satisfied they are (after an agent resolved, after a bot answer
+met with silence) answer some of the time: a Slack DM customer with the ask's buttons, a REST
+one with a reply that is just the digit. Some customers come back on the same question after
+the resolution window (repeat contacts). Time is compressed: the resolution window is a few
+seconds, not a day.
 
     python benchmarks/simulated_week.py --contacts 2000
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -31,7 +35,6 @@ from brain.knowledge import KnowledgeBase  # noqa: E402
 from gateway import topics  # noqa: E402
 from gateway.app.processes import start_archive_writer  # noqa: E402
 from gateway.app.settings import GatewayConfig  # noqa: E402
-from gateway.archive.queue import MemoryArchiveQueue  # noqa: E402
 from gateway.archive.report import build_report  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 from gateway.message import Mode, TurnResult, conversation_key  # noqa: E402
@@ -49,12 +52,15 @@ from tests.harness import Gateway  # noqa: E402
 
 ESCALATIONS = "C0ESCALATE"
 AGENTS = {"U0DANA": "Dana", "U0LEE": "Lee"}
-ANSWERABLE = "How do I descale my espresso machine?"
+ANSWERABLE = "Can I skip next month's delivery?"
 ASK_FOR_A_PERSON = "I want to talk to a person please"
 UNANSWERABLE = "What is the meaning of life?"
 # What each first contact does: (plan, weight).
 PLANS = {"answered": 50, "resolved": 15, "claimed": 5, "abandoned": 15, "unanswerable": 15}
 WINDOW, TIMEOUT = 3.0, 4.0  # seconds: the compressed resolution window and hand-off timeout
+BOT_IDLE = 1.5  # seconds of silence after a bot answer before the satisfaction ask
+RATES = 0.5  # the share of asked customers who answer
+SCORES = {5: 40, 4: 25, 3: 15, 2: 10, 1: 10}  # what they answer: (score, weight)
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Contact:
     reason: str | None = None
     sources: int = 0
     agent_actions: list[tuple[str, str]] = field(default_factory=list)  # (agent, what)
+    score: int | None = None  # their answer to the satisfaction ask
 
 
 class Week:
@@ -84,7 +91,7 @@ class Week:
     def key(self, contact: Contact) -> str:
         if contact.channel == "rest":
             return conversation_key("rest", contact.customer)
-        return conversation_key("slack", TEAM_ID, f"D{contact.customer.upper()}")
+        return conversation_key("slack", TEAM_ID, dm(contact))
 
     async def ask(self, contact: Contact) -> None:
         async with self.limit:
@@ -97,9 +104,7 @@ class Week:
             key = self.key(contact)
             seen = len(self.results[key])
             event = message_event(
-                channel=f"D{contact.customer.upper()}",
-                user=f"U{contact.customer}",
-                text=contact.question,
+                channel=dm(contact), user=f"U{contact.customer}", text=contact.question
             )
             await self._post(*signed_event(SIGNING_SECRET, event))
             await self._until(lambda: len(self.results[key]) > seen)
@@ -143,6 +148,40 @@ class Week:
             contact.agent_actions.append((AGENTS[agent], "resolved"))
             await self._until_mode(key, Mode.BOT)
 
+    async def asked(self, contact: Contact) -> bool:
+        """Whether the gateway asked this customer to rate (it asks each conversation once)."""
+        conversation = await self.gw.runtime.store.load(self.key(contact))
+        return conversation is not None and conversation.satisfaction.ask_id is not None
+
+    async def rate(self, contact: Contact, score: int) -> None:
+        """The customer answers the ask: presses its button on Slack, replies the digit on
+        REST; then waits until the gateway has it."""
+        async with self.limit:
+            if contact.channel == "rest":
+                body = await self.gw.ask(contact.customer, str(score))
+                assert body["replies"], body  # thanked for, not answered as a question
+            else:
+                ask = next(
+                    m for m in self.slack.posted(dm(contact)) if len(m.get("blocks", [])) > 1
+                )
+                buttons = ask["blocks"][1]["elements"]
+                button = next(b for b in buttons if b["text"]["text"] == str(score))
+                press = block_action(
+                    button["action_id"],
+                    button["value"],
+                    user=f"U{contact.customer}",
+                    channel=dm(contact),
+                    message_ts=ask["ts"],
+                )
+                await self._post(*signed_interaction(SIGNING_SECRET, press))
+            contact.score = score
+
+            async def recorded() -> bool:
+                conversation = await self.gw.runtime.store.load(self.key(contact))
+                return conversation is not None and conversation.satisfaction.score == score
+
+            await self._until(recorded)
+
     async def _post(self, body: str, headers: dict[str, str]) -> None:
         response = await self.gw.http.post(EVENTS_PATH, data=body, headers=headers)
         assert response.status == 200, await response.text()
@@ -168,6 +207,11 @@ class Week:
             await asyncio.sleep(0.05)
 
 
+def dm(contact: Contact) -> str:
+    """The Slack DM channel of a Slack customer."""
+    return f"D{contact.customer.upper()}"
+
+
 def expected_figures(log: list[Contact], repeats: list[Contact]) -> dict[str, object]:
     """The report's figures, computed from the log alone."""
     outcomes: Counter[str] = Counter()
@@ -177,6 +221,8 @@ def expected_figures(log: list[Contact], repeats: list[Contact]) -> dict[str, ob
             outcome = (
                 "resolved_by_agent" if "resolved" in done else "escalated" if done else "abandoned"
             )
+        elif contact.score is not None:  # rated: a good score confirms, a poor one does not
+            outcome = "confirmed" if contact.score >= 4 else "unresolved"
         else:
             outcome = "assumed" if contact.action == "answer" else "unresolved"
         outcomes[outcome] += 1
@@ -185,6 +231,7 @@ def expected_figures(log: list[Contact], repeats: list[Contact]) -> dict[str, ob
         for agent, what in contact.agent_actions:
             agents[agent][what] += 1
     first = {contact.customer: contact for contact in log}
+    scores = Counter(contact.score for contact in log if contact.score is not None)
     repeat_count = sum(
         1
         for again in repeats
@@ -200,6 +247,7 @@ def expected_figures(log: list[Contact], repeats: list[Contact]) -> dict[str, ob
         ),
         "agents": {a: {k: v for k, v in sorted(c.items())} for a, c in sorted(agents.items())},
         "repeat_contacts": repeat_count,
+        "ratings": {str(n): scores[n] for n in range(1, 6)},
     }
 
 
@@ -235,6 +283,7 @@ async def main() -> None:
                     "sweep_interval": 0.2,
                 },
                 archive={"resolution_window": WINDOW, "flush_interval": 0.2},
+                satisfaction={"after_agent": True, "after_bot": True, "bot_idle": BOT_IDLE},
                 logging={"level": "warning"},
             )
             started = time.monotonic()
@@ -257,16 +306,26 @@ async def main() -> None:
                 for contact in log:
                     if contact.action == "escalate" and not contact.agent_actions:
                         await week._until_mode(week.key(contact), Mode.BOT)
+                # Asked after an agent resolved, or after a bot answer met with silence; some
+                # answer. The ratings attach to these first contacts (the repeats come later).
+                await asyncio.sleep(BOT_IDLE + 0.5)
+                asked = [c for c in log if await week.asked(c)]
+                raters = [c for c in asked if rng.random() < RATES]
+                given = rng.choices(list(SCORES), list(SCORES.values()), k=len(raters))
+                await asyncio.gather(
+                    *(week.rate(c, score) for c, score in zip(raters, given, strict=True))
+                )
+                print(f"{len(asked)} asked to rate, {len(raters)} answered", flush=True)
                 await asyncio.sleep(WINDOW + 0.5)
                 again = [c for c in log if c.plan == "answered" and rng.random() < 0.2]
                 repeats = [Contact(c.customer, c.channel, "repeat", c.question) for c in again]
                 await asyncio.gather(*(week.ask(contact) for contact in repeats))
                 await asyncio.sleep(WINDOW + 0.5)
-                queue = gw.runtime.archive_queue
-                assert isinstance(queue, MemoryArchiveQueue) and writer is not None
-                await week._until(lambda: len(queue) == 0, within=120)
-                await asyncio.sleep(0.5)  # the last batch's commit
-                assert gw.runtime.archive is not None
+                # Stopped as the gateway stops: the writer (a child process) commits what it
+                # holds first.
+                assert writer is not None and gw.runtime.archive is not None
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
                 report_started = time.perf_counter()
                 report = await build_report(
                     gw.runtime.archive,
@@ -275,7 +334,6 @@ async def main() -> None:
                     repeat_window=timedelta(days=7),
                 )
                 report_seconds = time.perf_counter() - report_started
-                writer.cancel()
     elapsed = time.monotonic() - started
     expected = expected_figures(log, repeats)
     reported = {
@@ -287,10 +345,12 @@ async def main() -> None:
             for agent, load in report.agents.items()
         },
         "repeat_contacts": report.repeat_contacts.count,
+        "ratings": report.satisfaction.scores,
     }
     print(
         f"\n{len(log)} first contacts + {len(repeats)} repeats, {report.messages} messages, "
-        f"in {elapsed:.0f} s (shared, loaded 2-core machine); report in {report_seconds:.2f} s"
+        f"in {elapsed:.0f} s (load average {os.getloadavg()[0]:.1f}); "
+        f"report in {report_seconds:.2f} s"
     )
     print(f"{'figure':<16} {'from the log':>40} {'report':>40}")
     for name in expected:

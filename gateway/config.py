@@ -269,6 +269,11 @@ class ArchiveConfig(Section):
     max_buffered: int = Field(
         default=100_000, ge=1, description="no Redis: events kept while the database is down"
     )
+    writer_process: bool = Field(
+        default=True,
+        description="no Redis: the archive is written by a child process (gateway/archive/"
+        "child.py), off the event loop's core; false writes it in the process",
+    )
     topic_similarity: float = Field(
         default=0.35,
         gt=0,

@@ -338,12 +338,15 @@ def _secret(value: str) -> object:
 async def test_a_database_that_is_down_delays_the_archive_and_loses_nothing(
     database: ArchiveDatabase, sample_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Memory mode: every reply is sent while the writer fails (none waits for the database);
-    a writer on a database that answers then writes every buffered event, once."""
+    """Memory mode, the writer in the process: every reply is sent while the writer fails
+    (none waits for the database); a writer on a database that answers then writes every
+    buffered event, once. (The child process's writer is the same ArchiveWriter on the same
+    queue: tests/test_archive_child.py.)"""
     monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
     down = f"postgresql://nobody@127.0.0.1:{free_port()}/archive"
     config = GatewayConfig(
-        data_dir=sample_data_dir, archive={"database_url": down, "flush_interval": 0.05}
+        data_dir=sample_data_dir,
+        archive={"database_url": down, "flush_interval": 0.05, "writer_process": False},
     )
     failures = metrics.ARCHIVE_FAILURES._value.get()
     written = metrics.ARCHIVE_WRITTEN._value.get()

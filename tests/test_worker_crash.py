@@ -1,6 +1,7 @@
 """Two real `gateway worker` processes on Redis; one is killed with SIGKILL while it holds
 messages. The survivor finishes them: over 1,000 messages none is lost, none answered twice,
-and every conversation's transcript is in the order its messages were sent."""
+every conversation's transcript is in the order its messages were sent, and the archive (on a
+real PostgreSQL, as in production) holds each turn exactly once."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from redis.asyncio import Redis
+from sqlalchemy import select
 
+from gateway.archive import redis_queue
+from gateway.archive.database import ArchiveDatabase, database_url
+from gateway.archive.migrate import upgrade
+from gateway.archive.schema import conversations, turns
 from gateway.bus.redis import GROUP, STREAM, RedisBus
 from gateway.message import Inbound, Role
 from gateway.redis_client import connect_redis
 from gateway.store.redis import RedisStore
 from tests.fakes import until
+from tests.postgres_process import fresh_database
 
 CONVERSATIONS = 50
 PER_CONVERSATION = 20
@@ -26,8 +33,10 @@ TOTAL = CONVERSATIONS * PER_CONVERSATION
 CLAIM_IDLE = 2.0
 
 
-def start_worker(config: Path, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": redis_url, "GATEWAY_CONFIG": str(config)}
+def start_worker(
+    config: Path, redis_url: str, log: Path, **environment: str
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **environment, "REDIS_URL": redis_url, "GATEWAY_CONFIG": str(config)}
     with log.open("wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.app", "worker"],
@@ -44,19 +53,22 @@ async def processed_count(redis: Redis) -> int:
 
 
 async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
-    redis_url: str, sample_data_dir: Path, tmp_path: Path
+    redis_url: str, postgres_url: str, sample_data_dir: Path, tmp_path: Path
 ) -> None:
+    archive = ArchiveDatabase(database_url(await fresh_database(postgres_url), tmp_path))
+    await upgrade(archive)  # the release process's `gateway db upgrade`
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"data_dir: {sample_data_dir}\n"
         f"pipeline: {{claim_idle: {CLAIM_IDLE}, max_concurrency: 16}}\n"
+        "archive: {flush_interval: 0.2}\n"
         "knowledge: {sources: []}\nlogging: {level: info, format: json}\n"
     )
     redis = connect_redis(redis_url)
     await redis.flushdb()
     publisher = RedisBus(redis, max_concurrency=1, claim_idle=30, conversation_ttl=3600)
-    victim = start_worker(config, redis_url, tmp_path / "victim.log")
-    survivor = start_worker(config, redis_url, tmp_path / "survivor.log")
+    victim = start_worker(config, redis_url, tmp_path / "victim.log", DATABASE_URL=archive.url)
+    survivor = start_worker(config, redis_url, tmp_path / "survivor.log", DATABASE_URL=archive.url)
     sent: dict[str, list[str]] = defaultdict(list)
     held_at_death = 0
     try:
@@ -85,6 +97,9 @@ async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
         await until(lambda: _all_processed(redis), 180)
         # A late duplicate could only come from an entry still held: none is, so none can.
         await until(lambda: _none_pending(redis), 60)
+        # The victim's archive entries taken and not written are the survivor's after
+        # claim_idle; the stream is empty once every batch committed.
+        await until(lambda: _archive_drained(redis), 60)
     finally:
         for process in (victim, survivor):
             if process.poll() is None:
@@ -100,11 +115,18 @@ async def test_a_killed_worker_loses_nothing_and_doubles_nothing(
         assert customer == message_ids, f"{conversation}: lost, doubled or reordered"
         assert replies == message_ids, f"{conversation}: a reply lost or doubled"
     assert (await redis.xpending(STREAM, GROUP))["pending"] == 0
+    async with archive.engine.connect() as connection:
+        archived = list((await connection.execute(select(turns.c.id))).scalars())
+        keys = set((await connection.execute(select(conversations.c.key))).scalars())
+    await archive.close()
+    assert len(archived) == TOTAL, f"{len(archived)} turns archived of {TOTAL}"
+    assert set(archived) == {id_ for ids in sent.values() for id_ in ids}
+    assert keys == set(sent)
     answered_by_victim = _answered(tmp_path / "victim.log")
     assert answered_by_victim > 0
     print(
         f"\nkilled a worker that had answered {answered_by_victim} and held {held_at_death} "
-        f"messages; all {TOTAL} answered exactly once, in order"
+        f"messages; all {TOTAL} answered exactly once, in order, and archived once"
     )
     await redis.aclose()
 
@@ -143,6 +165,10 @@ async def _pending_of(redis: Redis, pid: int) -> int:
     if consumer is None:
         return 0
     return len(await redis.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=consumer))
+
+
+async def _archive_drained(redis: Redis) -> bool:
+    return bool(await redis.exists(redis_queue.STREAM)) and not await redis.xlen(redis_queue.STREAM)
 
 
 async def _none_pending(redis: Redis) -> bool:

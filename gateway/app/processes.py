@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Mapping
 from datetime import timedelta
@@ -16,7 +17,10 @@ from gateway.app.digest import open_weekly_digest
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
+from gateway.archive.child import ChildArchiveQueue
 from gateway.archive.migrate import upgrade
+from gateway.archive.queue import MemoryArchiveQueue
+from gateway.archive.redis_queue import RedisArchiveQueue
 from gateway.archive.writer import ArchiveWriter
 from gateway.channel import Channel
 
@@ -63,6 +67,10 @@ async def run(
             await site.start()
         connected = await start_connectors(runtime.channels) if connectors else []
         backend = "redis" if config.redis_url else "in-process"
+        # What start-up loaded (the model, the knowledge base, the modules) lives as long as
+        # the process: kept out of the collector's generations, a full collection under load
+        # walks only what the messages allocate.
+        gc.freeze()
         log.info(
             "gateway.started",
             http=f"http://{config.server.host}:{config.server.port}" if http else None,
@@ -101,15 +109,20 @@ async def timers_and_reports(runtime: Runtime) -> None:
 
 
 async def start_archive_writer(runtime: Runtime) -> asyncio.Task[None] | None:
-    """The worker's archive writer; the embedded SQLite archive is migrated first (PostgreSQL
-    is migrated by the `release` process: `gateway db upgrade`)."""
+    """The worker's archive writer, or the child process that writes it; the embedded SQLite
+    archive is migrated first (PostgreSQL is migrated by the `release` process: `gateway db
+    upgrade`)."""
     if runtime.archive is None or runtime.archive_queue is None:
         return None
     archive = runtime.config.archive
     if runtime.archive.dialect == "sqlite":
         await upgrade(runtime.archive)
+    queue = runtime.archive_queue
+    if isinstance(queue, ChildArchiveQueue):
+        return asyncio.create_task(queue.run(), name="archive:child")
+    assert isinstance(queue, MemoryArchiveQueue | RedisArchiveQueue)
     writer = ArchiveWriter(
-        runtime.archive_queue,
+        queue,
         runtime.archive,
         batch_size=archive.batch_size,
         flush_interval=archive.flush_interval,

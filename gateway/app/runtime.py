@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Self
 
 import structlog
@@ -33,8 +34,9 @@ from gateway.admission import Admission
 from gateway.answering import Answerer
 from gateway.app.demo_shop import Shop, seeded_shop
 from gateway.app.settings import GatewayConfig
+from gateway.archive.child import ChildArchiveQueue
 from gateway.archive.database import ArchiveDatabase, database_url
-from gateway.archive.queue import ArchiveQueue, MemoryArchiveQueue
+from gateway.archive.queue import ArchiveSink, MemoryArchiveQueue
 from gateway.archive.recorder import Recorder
 from gateway.archive.redis_queue import RedisArchiveQueue
 from gateway.bus import Bus
@@ -64,7 +66,7 @@ class Runtime:
     store: Store
     knowledge: KnowledgeBase
     results: TurnResults
-    archive_queue: ArchiveQueue | None = None  # None: the archive is off
+    archive_queue: ArchiveSink | None = None  # None: the archive is off
     archive: ArchiveDatabase | None = None
     admission: Admission = field(init=False)
     tools: ToolBox = field(init=False)
@@ -190,12 +192,22 @@ class Runtime:
                 conversation_ttl=pipeline_config.conversation_ttl,
             )
         archive = config.archive
-        archive_queue: ArchiveQueue | None = None
+        archive_queue: ArchiveSink | None = None
         if not archive.enabled:
             pass
         elif redis is not None:
             archive_queue = RedisArchiveQueue(
                 redis, consumer=archive_consumer(), claim_idle=pipeline_config.claim_idle
+            )
+        elif archive.writer_process:
+            archive_queue = ChildArchiveQueue(
+                archive_url(config),
+                batch_size=archive.batch_size,
+                flush_interval=archive.flush_interval,
+                retention=timedelta(days=archive.retention_days),
+                max_buffered=archive.max_buffered,
+                log_level=config.logging.level,
+                log_format=config.logging.format,
             )
         else:
             archive_queue = MemoryArchiveQueue(max_buffered=archive.max_buffered)
@@ -280,8 +292,12 @@ def topic_namer(config: GatewayConfig) -> NameTopics | None:
 
 def open_archive(config: GatewayConfig) -> ArchiveDatabase:
     """The archive's database; no connection is made until it is used."""
+    return ArchiveDatabase(archive_url(config))
+
+
+def archive_url(config: GatewayConfig) -> str:
     url = config.archive.database_url
-    return ArchiveDatabase(database_url(url.get_secret_value() if url else None, config.data_dir))
+    return database_url(url.get_secret_value() if url else None, config.data_dir)
 
 
 def archive_consumer() -> str:

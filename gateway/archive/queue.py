@@ -7,7 +7,8 @@ round trip. The writer `take`s a batch, writes it, then `ack`s it; a batch not a
 What a crash loses: in memory mode, what the process had not written yet (at most one flush
 interval of events while the database is up; everything buffered while it is down). In Redis
 mode, nothing: an entry leaves the stream only when its batch committed, and entries a dead
-writer held are claimed by a live one after `claim_idle`.
+writer held are claimed by a live one after `claim_idle`. (Without Redis, `gateway serve` keeps
+this memory queue in a child process that writes it: gateway/archive/child.py.)
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ class Taken(NamedTuple):
     event: ArchiveEvent
 
 
-class ArchiveQueue(Protocol):
+class ArchiveSink(Protocol):
+    """What the pipeline's recorder puts events on."""
+
     async def put(self, event: ArchiveEvent) -> None: ...
+
+
+class ArchiveQueue(ArchiveSink, Protocol):
+    """A sink the writer takes its batches from, in this process."""
 
     async def take(self, limit: int, wait: float) -> list[Taken]:
         """Up to `limit` events not yet acknowledged, waiting up to `wait` s for the first."""

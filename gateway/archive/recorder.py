@@ -18,7 +18,7 @@ import structlog
 
 from gateway import metrics
 from gateway.archive import ArchiveEvent, Decided, EventKind
-from gateway.archive.queue import ArchiveQueue
+from gateway.archive.queue import ArchiveSink
 from gateway.message import (
     Action,
     Conversation,
@@ -47,7 +47,7 @@ CALLS_WINDOW = 16
 
 
 class Recorder:
-    def __init__(self, queue: ArchiveQueue, *, calls_from: Store | None = None) -> None:
+    def __init__(self, queue: ArchiveSink, *, calls_from: Store | None = None) -> None:
         """`calls_from`: the store whose transcripts hold the tools' lines; None when no tools
         are configured (nothing to read)."""
         self._queue = queue
