@@ -184,7 +184,8 @@ async def _serve(arguments: argparse.Namespace) -> None:
         flush_interval=arguments.flush_interval,
         retention=timedelta(days=arguments.retention_days),
     )
-    writing = asyncio.create_task(writer.run())
+    stop = asyncio.Event()
+    writing = asyncio.create_task(writer.run(stop))
     reporting = asyncio.create_task(_report(arguments.flush_interval))
     lines = asyncio.StreamReader(limit=LINE_LIMIT)
     loop = asyncio.get_running_loop()
@@ -194,21 +195,16 @@ async def _serve(arguments: argparse.Namespace) -> None:
             await queue.put(ArchiveEvent.model_validate_json(line))
         except ValueError:
             log.error("archive.child_bad_line", length=len(line))
-    # The parent closed the pipe, or died: write what is held, then stop. (A batch the
-    # cancelled writer committed and had not acknowledged yet is written again: a no-op.)
-    for task in (writing, reporting):
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS):
-            while len(queue):
-                await writer.flush()
-    except Exception as exc:  # the database is down or slow: what is held is lost, and said
-        log.warning("archive.child_drain_failed", error=f"{type(exc).__name__}: {exc}")
+    # The parent closed the pipe, or died: write what is held, then stop.
+    stop.set()
+    done, _ = await asyncio.wait([writing], timeout=DRAIN_SECONDS)
+    reporting.cancel()
+    await asyncio.gather(reporting, return_exceptions=True)
     _print_counters()
-    await database.close()
-    if len(queue):
+    if not done:  # the database is down or slow: what is held is lost, and said
         log.warning("archive.child_stopped_unwritten", events=len(queue))
+        os._exit(1)  # not waiting for a write the database may never answer
+    await database.close()
 
 
 async def _report(interval: float) -> None:
@@ -221,7 +217,8 @@ def _print_counters() -> None:
     totals = {
         name: REGISTRY.get_sample_value(sample) or 0.0 for name, (sample, _) in _COUNTERS.items()
     }
-    print(json.dumps(totals), flush=True)
+    with contextlib.suppress(BrokenPipeError):  # the parent died: nobody reads them
+        print(json.dumps(totals), flush=True)
 
 
 def main() -> None:

@@ -40,8 +40,11 @@ class ArchiveWriter:
         self._retention = retention
         self._purged_at: datetime | None = None
 
-    async def run(self) -> None:
-        """Until cancelled."""
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Until cancelled; or, once `stop` is set, until the queue holds nothing to write.
+
+        (Stopping by `stop` lets a batch being written finish: a task cancelled in the middle
+        of an aiosqlite statement was seen never to finish its cancellation.)"""
         backoff = self._flush_interval
         while True:
             try:
@@ -53,6 +56,8 @@ class ArchiveWriter:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = self._flush_interval
+            if stop is not None and stop.is_set() and not written:
+                return
             await self._purge_when_due()
             if written < self._batch_size:  # a full batch means more is waiting: go on at once
                 await asyncio.sleep(self._flush_interval)
