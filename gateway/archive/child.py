@@ -53,7 +53,7 @@ _COUNTERS = {
 
 
 class ChildArchiveQueue:
-    """The `ArchiveQueue` of the pipeline when the writer is a child process: `put` only.
+    """The pipeline's `ArchiveSink` when the writer is a child process: `put` only.
 
     `run` starts the child, keeps one running until cancelled, then closes its stdin and
     waits for it to write what it holds."""
@@ -109,7 +109,10 @@ class ChildArchiveQueue:
         """Until cancelled: a child runs; one that exits is logged and started again."""
         try:
             while True:
-                await self._run_child()
+                try:
+                    await self._run_child()
+                except OSError:  # it could not be started (no memory, no processes left)
+                    log.exception("archive.child_start_failed")
                 await asyncio.sleep(RESPAWN_SECONDS)
         except asyncio.CancelledError:
             await self._close()
@@ -138,14 +141,13 @@ class ChildArchiveQueue:
         log.warning("archive.child_exited", exitcode=exitcode)
 
     async def _close(self) -> None:
-        stdin, child, self._stdin = self._stdin, self._child, None
+        stdin, child = self._stdin, self._child
         if stdin is None or child is None:
             return
         with contextlib.suppress(ConnectionError):
-            if self._pending:
-                stdin.write(("\n".join(self._pending) + "\n").encode())
-                self._pending.clear()
+            self._send()  # what was put since the last turn of the loop
             stdin.close()
+        self._stdin = None
         try:
             async with asyncio.timeout(DRAIN_SECONDS + 5):
                 await self._count_reports(child)
