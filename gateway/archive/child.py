@@ -36,6 +36,7 @@ from prometheus_client import REGISTRY
 from gateway import metrics
 from gateway.archive import ArchiveEvent
 from gateway.archive.queue import MemoryArchiveQueue
+from gateway.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
@@ -224,15 +225,13 @@ def _print_counters() -> None:
 
 
 def main() -> None:
-    from gateway.logs import configure_logging
-
     parser = argparse.ArgumentParser(prog="python -m gateway.archive.child")
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--flush-interval", type=float, required=True)
     parser.add_argument("--retention-days", type=int, required=True)
     parser.add_argument("--max-buffered", type=int, required=True)
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--log-format", default="json")
+    parser.add_argument("--log-level", required=True)
+    parser.add_argument("--log-format", required=True)
     arguments = parser.parse_args()
     # Ctrl+C in a terminal, or a process manager's SIGTERM to the whole group: the parent
     # decides, and closes the pipe when it stops (the child then writes what it holds).
