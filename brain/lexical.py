@@ -54,6 +54,7 @@ class LexicalIndex:
 
     def __init__(self, chunks: Chunks) -> None:
         self.chunks = chunks
+        self.positions = {key: position for position, key in enumerate(chunks.ids)}
         self._stemmer = Stemmer.Stemmer("english")
         self._stem_lock = threading.Lock()  # PyStemmer's stemmers are not thread-safe
         self._bm25 = bm25s.BM25()

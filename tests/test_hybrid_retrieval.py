@@ -135,3 +135,23 @@ async def test_another_instance_sees_an_ingest_made_elsewhere(
     best = (await reader.search("ZK-BIRCHWOOD-12"))[0]
     assert best.source == "billing.md" and "bm25" in best.found_by
     assert not any("bm25" in p.found_by for p in await reader.search(REFERENCE))
+
+
+async def test_a_page_added_elsewhere_is_found_by_the_dense_side_before_the_index_follows(
+    open_kb: Opener,
+    docs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dense side reads texts from the lexical index; a chunk the index does not hold yet
+    # is read from Chroma by id, so a fresh page is quoted as it is stored.
+    writer, reader = open_kb(), open_kb()
+    writer.ingest([docs])
+    monkeypatch.setattr(lexical, "RECHECK_SECONDS", 3600.0)
+    assert await reader.search(REFERENCE)  # builds its index
+    (docs / "gift-cards.md").write_text(
+        "# Gift cards\n\nGift cards never expire and can be spent on any plan or add-on.\n"
+    )
+    writer.ingest([docs])
+    best = (await reader.search("do gift cards expire?", k=1))[0]
+    assert best.source == "gift-cards.md" and best.found_by == ("dense",)
+    assert "never expire" in best.text and best.title == "Gift cards"

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -357,6 +358,31 @@ async def test_concurrent_searches_share_a_batch_and_each_gets_its_own_answer(
     expected = [source for source in questions.values() for _ in range(10)]
     assert [passages[0].source for passages in answers] == expected
     assert len(batches) < 30 and sum(batches) == 30  # fewer forward passes than queries
+
+
+async def test_batches_run_in_lanes_so_a_search_never_waits_behind_a_whole_batch(
+    kb: KnowledgeBase, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb.ingest([docs])
+    search, running, peak = kb._search, 0, 0
+    lock = threading.Lock()
+
+    def counting_search(batch):  # type: ignore[no-untyped-def]
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)  # long enough for the next queries to queue behind it
+        try:
+            return search(batch)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(kb, "_search", counting_search)
+    answers = await asyncio.gather(*(kb.search("I forgot my password", k=1) for _ in range(40)))
+    assert {passages[0].source for passages in answers} == {"account/reset-password.md"}
+    assert peak == knowledge.SEARCH_LANES
 
 
 # Switching embedders
