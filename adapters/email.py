@@ -504,7 +504,11 @@ class EmailChannel(BaseChannel[EmailConfig]):
             log.info("email.imap_connected", folder=imap.folder, idle=idle)
             connected()
             while True:
-                await self._read_unseen(client)
+                # A mail that arrives while unseen ones are read is announced (EXISTS) in the
+                # replies to those commands, and so never again in the IDLE that follows:
+                # read until a search finds nothing new.
+                while await self._read_unseen(client):
+                    pass
                 if idle:
                     await _idle(client)
                 else:
@@ -512,16 +516,21 @@ class EmailChannel(BaseChannel[EmailConfig]):
         finally:
             await _disconnect(client)
 
-    async def _read_unseen(self, client: aioimaplib.IMAP4) -> None:
+    async def _read_unseen(self, client: aioimaplib.IMAP4) -> bool:
+        """Hand every unseen mail on; True if there were any, or the server announced more
+        (EXISTS) meanwhile."""
         found = await client.uid_search("UNSEEN", charset=None)
         _ok(found, "UID SEARCH UNSEEN")
-        for uid in found.lines[0].decode().split():
+        uids = found.lines[0].decode().split()
+        announced = any(line.endswith(b" EXISTS") for line in found.lines[1:])
+        for uid in uids:
             fetched = await client.uid("fetch", uid, "(BODY.PEEK[])")
             _ok(fetched, "UID FETCH")
             raw = next((bytes(line) for line in fetched.lines if isinstance(line, bytearray)), None)
             if raw is not None:
                 await self.receive(raw)
             _ok(await client.uid("store", uid, "+FLAGS.SILENT (\\Seen)"), "UID STORE")
+        return bool(uids) or announced
 
 
 class _Delivery:

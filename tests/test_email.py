@@ -409,6 +409,30 @@ async def test_bot_replies_per_sender_are_capped(
         assert role is Role.SYSTEM and "ReplyLimited" in text
 
 
+async def test_a_mail_that_arrives_while_another_is_read_is_read_without_waiting_for_idle(
+    tmp_path: Path, sink: tuple[Sink, int], imap: ImapServer
+) -> None:
+    # The server announces the second mail in its replies to the first one's FETCH/STORE, so
+    # the IDLE that follows would not report it again (until the renewal, minutes later).
+    async with _mailroom(tmp_path, sink, imap) as room:
+        publish = room.runtime.bus.publish
+        later = mail(message_id="<later@customer.example>")
+
+        async def publish_and_receive_another(message: Inbound) -> None:
+            if message.provider_message_id == "<first@customer.example>":
+                await room.deliver(later)
+            await publish(message)
+
+        room.runtime.bus.publish = publish_and_receive_another  # type: ignore[method-assign]
+        await room.deliver(mail(message_id="<first@customer.example>"))
+        # Read at once: 2 s here. Left to Dovecot's own periodic mailbox check, it took 19 s.
+        await until(lambda: len(room.sink.mails) == 2, 8.0)
+        assert {str(reply["In-Reply-To"]) for reply in room.sink.mails} == {
+            "<first@customer.example>",
+            "<later@customer.example>",
+        }
+
+
 async def test_a_send_refused_with_451_is_retried_and_sent_once(
     tmp_path: Path, sink: tuple[Sink, int]
 ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from adapters.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramConfig
 from brain.embedder import DEFAULT_EMBEDDER, Embedder, Kind, load_embedder
-from brain.knowledge import KnowledgeBase
+from brain.knowledge import SEARCH_LANES, KnowledgeBase
 from gateway.admission import Admission
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime, open_knowledge
@@ -53,24 +53,33 @@ def counter(name: str, **labels: str) -> float:
 
 
 class HeldEmbedder:
-    """The real embedder, with its first call held until the test lets it go: the searches
-    that arrive meanwhile queue for the next batch, as they do behind a busy CPU."""
+    """The real embedder, with its first calls (one per search lane) held until the test lets
+    them go: the searches that arrive meanwhile queue for the next batch, as they do behind a
+    busy CPU."""
 
     def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
         self.name, self.dimensions = embedder.name, embedder.dimensions
         self.calls: list[list[str]] = []
-        self.holding = threading.Event()
         self.release = threading.Event()
-        self.hold = False
+        self.to_hold = 0
+        self.held = 0  # calls held so far
+        self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
-        if self.hold:
-            self.hold = False
-            self.holding.set()
+        with self._lock:
+            hold = self.held < self.to_hold
+            self.held += hold
+        if hold:
             assert self.release.wait(10)
-        self.calls.append(list(texts))
+        with self._lock:
+            self.calls.append(list(texts))
         return self._embedder.embed(texts, kind)
+
+    @property
+    def after_the_busy_lanes(self) -> list[list[str]]:
+        """The calls made once the held ones were let go."""
+        return self.calls[SEARCH_LANES:]
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +93,27 @@ def held(tmp_path: Path, embedder: Embedder) -> Iterator[tuple[KnowledgeBase, He
     knowledge = KnowledgeBase(tmp_path / "data", embedder=wrapped)
     knowledge.ingest([SAMPLE_KB])
     wrapped.calls.clear()
-    wrapped.hold = True
+    wrapped.to_hold = SEARCH_LANES
     yield knowledge, wrapped
     wrapped.release.set()
     knowledge.close()
 
 
-async def a_batch_is_embedding(knowledge: KnowledgeBase, held: HeldEmbedder) -> asyncio.Task[Any]:
-    first = asyncio.create_task(knowledge.search("the batch being embedded"))
-    assert await asyncio.to_thread(held.holding.wait, 10)
-    return first
+async def every_lane_is_embedding(knowledge: KnowledgeBase, held: HeldEmbedder) -> Awaitable[Any]:
+    """Every search lane busy with a held batch (one search each: started together, they would
+    share one batch); awaiting the result awaits those batches."""
+    busy = []
+    for lane in range(SEARCH_LANES):
+        busy.append(asyncio.create_task(knowledge.search(f"batch {lane} being embedded")))
+        await until(lambda: held.held > lane)  # noqa: B023 (awaited before the next lane)
+    return asyncio.gather(*busy)
 
 
 async def test_a_search_whose_caller_was_cancelled_is_not_embedded(
     held: tuple[KnowledgeBase, HeldEmbedder],
 ) -> None:
     knowledge, embedder = held
-    first = await a_batch_is_embedding(knowledge, embedder)
+    first = await every_lane_is_embedding(knowledge, embedder)
     gone = asyncio.create_task(knowledge.search("a customer who timed out"))
     kept = asyncio.create_task(knowledge.search(PRICING))
     await until(lambda: len(knowledge._queries) == 2)
@@ -111,7 +124,7 @@ async def test_a_search_whose_caller_was_cancelled_is_not_embedded(
     await first
     passages = await kept
     assert gone.cancelled()
-    assert embedder.calls == [["the batch being embedded"], [PRICING]]
+    assert embedder.after_the_busy_lanes == [[PRICING]]
     assert passages[0].source == "subscription-plans-and-pricing.md"
     assert counter("gateway_searches_dropped_total", why="cancelled") == dropped + 1
 
@@ -120,7 +133,7 @@ async def test_a_search_still_queued_at_its_deadline_times_out_unembedded(
     held: tuple[KnowledgeBase, HeldEmbedder],
 ) -> None:
     knowledge, embedder = held
-    first = await a_batch_is_embedding(knowledge, embedder)
+    first = await every_lane_is_embedding(knowledge, embedder)
     loop = asyncio.get_running_loop()
     late = asyncio.create_task(knowledge.search("too late", deadline=loop.time() + 0.05))
     await until(lambda: len(knowledge._queries) == 1)
@@ -130,7 +143,7 @@ async def test_a_search_still_queued_at_its_deadline_times_out_unembedded(
     await first
     with pytest.raises(TimeoutError):
         await late
-    assert embedder.calls == [["the batch being embedded"]]
+    assert embedder.after_the_busy_lanes == []
 
 
 async def test_after_a_burst_the_next_search_is_in_the_very_next_batch(
@@ -139,7 +152,7 @@ async def test_after_a_burst_the_next_search_is_in_the_very_next_batch(
     """A burst whose callers all timed out leaves no backlog: the next customer's search is the
     only one embedded after the batch that was running, so it is answered at idle speed."""
     knowledge, embedder = held
-    first = await a_batch_is_embedding(knowledge, embedder)
+    first = await every_lane_is_embedding(knowledge, embedder)
     burst = [asyncio.create_task(knowledge.search(f"burst question {n}")) for n in range(200)]
     await until(lambda: len(knowledge._queries) == 200)
     for search in burst:
@@ -149,7 +162,7 @@ async def test_after_a_burst_the_next_search_is_in_the_very_next_batch(
     embedder.release.set()
     await first
     assert (await after)[0].source == "subscription-plans-and-pricing.md"
-    assert embedder.calls == [["the batch being embedded"], [PRICING]]
+    assert embedder.after_the_busy_lanes == [[PRICING]]
     assert not knowledge._queries
 
 
