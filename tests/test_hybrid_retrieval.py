@@ -116,15 +116,25 @@ async def test_the_lexical_index_follows_an_incremental_ingest(open_kb: Opener, 
     assert "webhooks.md" not in await sources(hybrid, "X-Plinth-Signature", k=10)
 
 
-async def test_another_instance_sees_an_ingest_made_elsewhere(
-    open_kb: Opener,
-    docs: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+async def writer_and_reader(
+    open_kb: Opener, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[KnowledgeBase, KnowledgeBase]:
+    """Two instances on one Chroma: one ingests, the other has built its lexical index and
+    keeps it (RECHECK_SECONDS made long)."""
     writer, reader = open_kb(), open_kb()
     writer.ingest([docs])
     monkeypatch.setattr(lexical, "RECHECK_SECONDS", 3600.0)
     assert (await reader.search(REFERENCE))[0].source == "billing.md"  # builds its index
+    return writer, reader
+
+
+async def test_another_instance_sees_an_ingest_made_elsewhere(
+    writer_and_reader: tuple[KnowledgeBase, KnowledgeBase],
+    docs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer, reader = writer_and_reader
 
     billing = docs / "billing.md"
     billing.write_text(billing.read_text().replace(REFERENCE, "ZK-BIRCHWOOD-12"))
@@ -138,16 +148,11 @@ async def test_another_instance_sees_an_ingest_made_elsewhere(
 
 
 async def test_a_page_added_elsewhere_is_found_by_the_dense_side_before_the_index_follows(
-    open_kb: Opener,
-    docs: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    writer_and_reader: tuple[KnowledgeBase, KnowledgeBase], docs: Path
 ) -> None:
     # The dense side reads texts from the lexical index; a chunk the index does not hold yet
     # is read from Chroma by id, so a fresh page is quoted as it is stored.
-    writer, reader = open_kb(), open_kb()
-    writer.ingest([docs])
-    monkeypatch.setattr(lexical, "RECHECK_SECONDS", 3600.0)
-    assert await reader.search(REFERENCE)  # builds its index
+    writer, reader = writer_and_reader
     (docs / "gift-cards.md").write_text(
         "# Gift cards\n\nGift cards never expire and can be spent on any plan or add-on.\n"
     )
