@@ -1,12 +1,14 @@
 """The Claude answerer: a grounded answer, streamed to the customer as it is written, and a
 structured decision.
 
-Claude is asked once per message, streaming, with the decision tool forced, so the answer
-and the decision (answer | escalate, confidence, reply, sources, reason, explanation) come
-back as the tool's validated input, never as prose to search for a magic word. The tool input
-is read as it streams: once its action and confidence say it is a confident answer, the reply
-grows in the pipeline's draft while the model writes it, and the customer sees its first
-sentence long before the call ends (`gateway/streaming.py`).
+Claude is asked once per message, streaming, and must end its turn by calling one of two
+tools, `answer` (reply, sources, confidence) or `escalate` (reason, reply, explanation), so the
+decision comes back as a tool call's validated input, never as prose to search for a magic
+word. The tool's name is the action, known before any of its input; an answer's reply is its
+first field, so it grows in the pipeline's draft while the model writes it, and the customer
+sees its first sentence long before the call ends (`gateway/streaming.py`). An answer rated
+below `brain.model_min_confidence` escalates when the call is complete, its streamed text
+replaced where the channel can edit.
 
 The model has until the answer deadline from the message's receipt (`brain.answer_deadline`,
 less `brain.reserve` to fall back and send); the pipeline says a holding line if no sentence is
@@ -40,8 +42,9 @@ from brain.knowledge import KnowledgeBase
 from brain.ledger import CallLedger
 from brain.offline import OfflineAnswerer
 from brain.prompt import (
-    DECISION_TOOL,
-    DECISION_TOOL_NAME,
+    ANSWER_TOOL_NAME,
+    DECISION_TOOL_NAMES,
+    DECISION_TOOLS,
     SYSTEM_BLOCKS,
     TOOLS_SYSTEM_BLOCKS,
     ModelDecision,
@@ -220,10 +223,11 @@ class ClaudeAnswerer(GroundedAnswerer):
             model=config.model,
             max_tokens=config.max_tokens,
             system=TOOLS_SYSTEM_BLOCKS if offered else SYSTEM_BLOCKS,
-            # The same tools on every turn (the prompt cache holds them; the decision last, so
-            # its breakpoint caches them all); the last turn must decide.
-            tools=[*offered, DECISION_TOOL],
-            tool_choice={"type": "any"} if offer else {"type": "tool", "name": DECISION_TOOL_NAME},
+            # The same tools on every turn (the prompt cache holds them; the decision's last, so
+            # its breakpoint caches them all). A call is forced; a business tool called on the
+            # last round instead of a decision leaves none, and the offline fallback answers.
+            tools=[*offered, *DECISION_TOOLS],
+            tool_choice={"type": "any"},
             messages=messages,
             stream=True,
             timeout=remaining,
@@ -242,19 +246,20 @@ class ClaudeAnswerer(GroundedAnswerer):
                 elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
                     if (use := uses.get(event.index)) is not None:
                         use.json += event.delta.partial_json
-                        if (
-                            draft is not None
-                            and use.name == DECISION_TOOL_NAME
-                            and use.json.strip()
-                        ):
+                        if draft is not None and use.name == ANSWER_TOOL_NAME:
                             self._draft(use.json, draft)
                 elif event.type == "message_delta":
                     stop_reason = event.delta.stop_reason
         if stop_reason != "tool_use" or not uses:
             raise IncompleteDecision(f"no complete decision (stop_reason {stop_reason})")
-        decided = next((use for use in uses.values() if use.name == DECISION_TOOL_NAME), None)
+        decided = next((use for use in uses.values() if use.name in DECISION_TOOL_NAMES), None)
         if decided is not None:  # it stands, whatever else the same turn called
-            return self._decision(ModelDecision.model_validate_json(decided.json or "{}"), passages)
+            # Streamed eagerly, the input was never validated by the API: it is here.
+            called = jiter.from_json((decided.json or "{}").encode())
+            if not isinstance(called, dict):
+                raise IncompleteDecision(f"{decided.name} was called with {type(called).__name__}")
+            decision = ModelDecision.model_validate({**called, "action": decided.name})
+            return self._decision(decision, passages)
         if not offer:
             raise IncompleteDecision("a tool call, but not the decision it was told to make")
         return list(uses.values())
@@ -328,20 +333,15 @@ class ClaudeAnswerer(GroundedAnswerer):
         )
 
     def _draft(self, call: str, draft: Draft) -> None:
-        """The reply so far into `draft`, once the call so far is a confident answer (the
-        schema asks for the action and confidence before the reply; a model that writes the
-        reply first is only shown whole). A number cut short is never above its final value,
-        so a confidence that passes here passes at the end."""
-        partial = jiter.from_json(call.encode(), partial_mode="trailing-strings")
-        if not isinstance(partial, dict):
-            return  # not an object: the complete call fails validation
-        confidence, reply = partial.get("confidence"), partial.get("reply")
-        if (
-            partial.get("action") == "answer"
-            and isinstance(confidence, int | float)
-            and confidence >= self._config.model_min_confidence
-            and isinstance(reply, str)
-        ):
+        """The reply so far of an answer's call so far into `draft` (the schema puts it first;
+        a model that writes it after other fields streams it from there on)."""
+        if not call.strip():
+            return
+        try:
+            partial = jiter.from_json(call.encode(), partial_mode="trailing-strings")
+        except ValueError:
+            return  # not JSON so far (eager input is unvalidated): the complete call decides
+        if isinstance(partial, dict) and isinstance(reply := partial.get("reply"), str):
             draft.grow(reply.lstrip())
 
     def _decision(self, decided: ModelDecision, passages: list[Passage]) -> Decision:

@@ -7,6 +7,7 @@ the first response within `brain.deadline` is the pipeline's: tests/test_streami
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -123,7 +124,9 @@ async def test_a_streamed_tool_decision_becomes_the_reply_with_the_sources_it_us
     body = claude.requests[0].body
     assert body["stream"] is True
     assert body["model"] == "claude-haiku-4-5" and body["max_tokens"] == 400
-    assert body["tool_choice"] == {"type": "tool", "name": "record_decision"}
+    assert body["tool_choice"] == {"type": "any"}
+    assert [tool["name"] for tool in body["tools"]] == ["answer", "escalate"]
+    assert body["tools"][0]["eager_input_streaming"] is True  # else the reply comes whole
 
 
 async def test_model_and_max_tokens_come_from_config(
@@ -445,3 +448,35 @@ async def test_a_search_that_overruns_the_budget_gets_a_holding_reply_not_a_late
     assert result.action is Action.ESCALATE and result.reason is Reason.MODEL_UNAVAILABLE
     assert "knowledge base did not answer" in result.explanation
     assert claude.requests == []
+
+
+@pytest.mark.parametrize("eager", [False, True])
+async def test_a_tool_input_streams_as_written_only_where_the_tool_asks_for_eager_streaming(
+    claude: FakeAnthropic, eager: bool
+) -> None:
+    """The fake holds a tool's input per key and value unless its definition sets
+    `eager_input_streaming`, as the API does: the streaming tests rest on this."""
+    reply = " ".join(["Open Account, then Subscriptions, and choose Pause."] * 4)
+    claude.script(decision(reply=reply, first_token=0.0, tokens_per_second=120.0))
+    tool = {"name": "answer", "input_schema": {"type": "object"}, "eager_input_streaming": eager}
+    client = AsyncAnthropic(api_key=API_KEY, base_url=claude.url, max_retries=0)
+    deltas = []
+    async with (
+        client,
+        await client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=400,
+            messages=[{"role": "user", "content": QUESTION}],
+            tools=[tool],  # type: ignore[list-item]
+            stream=True,
+        ) as stream,
+    ):
+        async for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                deltas.append(event.delta.partial_json)
+    whole = [delta for delta in deltas if json.dumps(reply) in delta]
+    if eager:
+        assert not whole and len(deltas) > 10  # the reply grew delta by delta
+    else:
+        assert len(whole) == 1  # the reply came in one piece, once complete
+    assert json.loads("".join(deltas))["reply"] == reply

@@ -134,8 +134,8 @@ async def test_a_lookup_is_answered_from_the_tools_result_quoted_as_untrusted_da
     first, second = claude.requests
     offered = {tool["name"]: tool for tool in first.body["tools"]}
     assert first.body["tool_choice"] == {"type": "any"}
-    assert {"get_order", "skip_delivery", "record_decision"} <= set(offered)
-    assert list(offered)[-1] == "record_decision"  # the cache breakpoint covers every tool
+    assert {"get_order", "skip_delivery", "answer", "escalate"} <= set(offered)
+    assert list(offered)[-1] == "escalate"  # the cache breakpoint covers every tool
     # The model cannot name the customer: the identity parameters are not in its schema.
     assert "email" not in offered["get_order"]["input_schema"]["properties"]
     assert "held until the customer confirms" in offered["skip_delivery"]["description"]

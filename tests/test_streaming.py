@@ -317,6 +317,25 @@ async def test_a_forbidden_phrase_mid_stream_stops_it_replaces_it_and_escalates(
     assert result.decision.reason == "policy_restricted"
 
 
+async def test_an_answer_the_model_rates_unsure_once_streamed_is_replaced_and_escalated(
+    gw: StreamingGateway,
+) -> None:
+    """The confidence comes after the reply (so the reply streams at once): a streamed answer
+    the model then rates below `brain.model_min_confidence` is taken back."""
+    unsure = f"{FIRST} Open Account, then Subscriptions."
+    gw.claude.script(decision(reply=unsure, confidence=0.2, **PACE))
+    key, frames = await ask_webchat(gw, QUESTION)
+    kinds = [frame["type"] for _, frame in frames]
+    assert kinds.count("stream") == 1 and frames[kinds.index("stream")][1]["text"] == FIRST
+    _, final = frames[-1]
+    assert final["stream_id"] == frames[kinds.index("stream")][1]["stream_id"]  # replaced
+    assert final["text"].startswith(gw.messages.low_confidence) and FIRST not in final["text"]
+    transcript = await transcript_of(gw, key, 2)
+    assert [entry.text for entry in transcript] == [QUESTION, final["text"]]
+    [result] = await gw.traffic.settled()
+    assert result.decision.reason == "low_confidence"
+
+
 async def test_a_message_whose_holding_line_went_out_before_a_crash_is_answered_once(
     gw: StreamingGateway,
 ) -> None:

@@ -15,7 +15,11 @@ Each request takes the next scripted response, or the default one when none is q
 `simulated()` is a stand-in for the real model's pace, for benchmarks: the first token after
 0.6 s, then 60 tokens per second, counting a token as 4 characters of output (Anthropic's
 rule of thumb for English); any `ToolCall` takes its own `first_token` and
-`tokens_per_second`. Run it alone with `python -m tests.fakes.anthropic_api --port N`
+`tokens_per_second`. As the API does, a tool's input streams as it is generated only when the
+request's definition of that tool sets `eager_input_streaming`; otherwise each top-level key
+and value is held until it is complete, then sent at once.
+
+Run it alone with `python -m tests.fakes.anthropic_api --port N`
 (`--words 45 --tokens-per-second 120 --first-token 0.6` for another answer and pace;
 `--tool get_order` for a model that calls that tool before it answers).
 """
@@ -69,7 +73,7 @@ class ToolCall:
     """
 
     input: dict[str, Any]
-    name: str = "record_decision"
+    name: str = "answer"
     first_token: float = 0.0  # seconds before the first delta
     tokens_per_second: float | None = None  # None: as fast as possible
     echo_system_prompt: bool = False
@@ -135,20 +139,15 @@ def decision(
     sources: list[int] | None = None,
     **pace: Any,
 ) -> ToolCall:
-    """The decision tool call the Claude answerer asks for, its fields in the schema's order
-    (reason and explanation are only sent when given, as the model sends them only when it
-    escalates)."""
-    extra = {"reason": reason, "explanation": explanation}
-    return ToolCall(
-        input={
-            "action": action,
-            "confidence": confidence,
-            "reply": reply,
-            "sources": sources if sources is not None else [1],
-            **{key: value for key, value in extra.items() if value is not None},
-        },
-        **pace,
-    )
+    """The call of the decision tool the Claude answerer offers for `action` (`answer` or
+    `escalate`), its fields in the schema's order."""
+    if action == "escalate":
+        given = {"reason": reason, "reply": reply, "explanation": explanation}
+        escalation = {key: value for key, value in given.items() if value is not None}
+        return ToolCall(name="escalate", input=escalation, **pace)
+    used = sources if sources is not None else [1]
+    answer = {"reply": reply, "sources": used, "confidence": confidence}
+    return ToolCall(name=action, input=answer, **pace)
 
 
 def simulated(reply: str, **fields: Any) -> ToolCall:
@@ -259,12 +258,16 @@ class FakeAnthropic:
             else:
                 pace = part.tokens_per_second
                 chunks = _chunks(json.dumps(part.input, ensure_ascii=False), pace)
+                if pace and not _eager(body, part.name):
+                    chunks = _held_per_key(part.input, chunks)
                 delay = TICK if pace else 0.0
                 first, kind, key = part.first_token, "input_json", "partial_json"
             await asyncio.sleep(first)
             for number, chunk in enumerate(chunks):
                 if number and delay:
                     await asyncio.sleep(delay)
+                if not chunk:
+                    continue  # a tick of a key and value still held back
                 delta = {"type": f"{kind}_delta", key: chunk}
                 await event(
                     "content_block_delta",
@@ -282,6 +285,32 @@ class FakeAnthropic:
         )
         await event("message_stop", {"type": "message_stop"})
         await stream.write_eof()
+
+
+def _eager(body: dict[str, Any], tool: str) -> bool:
+    return any(
+        definition.get("name") == tool and definition.get("eager_input_streaming") is True
+        for definition in body.get("tools", [])
+    )
+
+
+def _held_per_key(arguments: dict[str, Any], chunks: list[str]) -> list[str]:
+    """The paced `chunks` of `arguments`' JSON regrouped as the API sends a tool input that is
+    not streamed eagerly: nothing ("") at each tick until a top-level key and value is
+    complete, then all of it at the tick its last character was generated."""
+    ends, written = [], "{"
+    for number, (name, value) in enumerate(arguments.items()):
+        pair = json.dumps({name: value}, ensure_ascii=False)[1:-1]
+        written += (", " if number else "") + pair
+        ends.append(len(written))
+    ends[-1] = len(written) + 1  # the closing brace goes with the last pair
+    text, held, sent, at = "".join(chunks), [], 0, 0
+    for chunk in chunks:
+        at += len(chunk)
+        complete = max((end for end in ends if end <= at), default=sent)
+        held.append(text[sent:complete])
+        sent = complete
+    return held
 
 
 def _has_tool_result(body: dict[str, Any]) -> bool:
