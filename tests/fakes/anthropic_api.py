@@ -298,6 +298,8 @@ def _held_per_key(arguments: dict[str, Any], chunks: list[str]) -> list[str]:
     """The paced `chunks` of `arguments`' JSON regrouped as the API sends a tool input that is
     not streamed eagerly: nothing ("") at each tick until a top-level key and value is
     complete, then all of it at the tick its last character was generated."""
+    if not arguments:
+        return chunks  # "{}": nothing to hold
     ends, written = [], "{"
     for number, (name, value) in enumerate(arguments.items()):
         pair = json.dumps({name: value}, ensure_ascii=False)[1:-1]
