@@ -147,7 +147,7 @@ def decision(
         return ToolCall(name="escalate", input=escalation, **pace)
     used = sources if sources is not None else [1]
     answer = {"reply": reply, "sources": used, "confidence": confidence}
-    return ToolCall(name=action, input=answer, **pace)
+    return ToolCall(name="answer", input=answer, **pace)
 
 
 def simulated(reply: str, **fields: Any) -> ToolCall:
