@@ -157,9 +157,9 @@ class GroundedAnswerer(ABC):
                     return procedure
             else:
                 self.procedures.abandon(conversation)
-        if ruled is not None:
-            return ruled
-        if passages is None:
+        if ruled is not None:  # a rule or an intent decided; its failure still counts
+            decision = ruled
+        elif passages is None:
             decision = escalate(
                 Reason.MODEL_UNAVAILABLE,
                 f"The knowledge base did not answer within the {self._config.deadline:g} s "

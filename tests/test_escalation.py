@@ -199,6 +199,24 @@ async def test_three_unanswerable_questions_in_a_row_escalate_as_repeated_failur
     assert reasons == ["low_confidence", "low_confidence", "repeated_failure"]
 
 
+async def test_a_turn_an_intent_reads_as_out_of_scope_counts_toward_repeated_failure(
+    offline_gateway,
+) -> None:  # type: ignore[no-untyped-def]
+    """The third failed turn is decided before any answer (the unanswerable intent), and
+    it still makes three in a row."""
+    reasons, explanations = [], []
+    for text in (
+        "What's the weather on Mars?",
+        "Who won the 1998 cup?",
+        "Are you HIPAA compliant?",
+    ):
+        body = await offline_gateway.ask("compliance", text)
+        reasons.append(body["decision"]["reason"])
+        explanations.append(body["decision"]["explanation"])
+    assert reasons == ["low_confidence", "low_confidence", "repeated_failure"]
+    assert "unanswerable" in explanations[-1]
+
+
 async def test_asking_for_a_person_is_not_a_failed_turn(offline_gateway) -> None:  # type: ignore[no-untyped-def]
     reasons = []
     for text in ("Can I speak to a real person?", "What's the weather on Mars?", "Best pizza?"):

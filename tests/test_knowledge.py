@@ -401,27 +401,35 @@ async def test_switching_the_embedder_rebuilds_the_collection_in_the_new_vector_
     assert await switched.search("Can I pay with PayPal?") == []  # never mixes vector spaces
     report = switched.ingest([docs])
     assert (report.added, report.unchanged) == (5, 0)
-    assert switched.vector_space() == f"{embedder.name}/{knowledge.VECTORS}"
+    assert switched.vector_space() == "use-multilingual/text+label/int8"
     assert not switched.is_stale([docs])
     assert (await top(switched, "Can I pay with PayPal?")).source == "billing.md"
     with stored(tmp_path / "data") as collection:
         metadata = dict(collection.metadata)
         assert len(metadata.pop("generation")) == 32  # the lexical indexes' change stamp
-        assert metadata == {"embedder": embedder.name, "vectors": knowledge.VECTORS}
+        assert metadata == {"embedder": "use-multilingual", "vectors": "text+label/int8"}
         assert len(collection.get(limit=1, include=["embeddings"])["embeddings"][0]) == 512
     switched.close()
 
 
-async def test_a_collection_from_before_vector_spaces_were_recorded_is_rebuilt(
-    tmp_path: Path, docs: Path, embedder: Embedder
+@pytest.mark.parametrize(
+    ("metadata", "space"),
+    [
+        (None, "minilm/text"),  # from before vector spaces were recorded
+        ({"embedder": "use-multilingual", "vectors": "text+label"}, "use-multilingual/text+label"),
+    ],
+    ids=["unrecorded", "use-in-float32"],
+)
+async def test_a_collection_of_an_older_vector_recipe_is_rebuilt(
+    tmp_path: Path, docs: Path, embedder: Embedder, metadata: dict[str, str] | None, space: str
 ) -> None:
     settings = Settings(anonymized_telemetry=False)
     path = str(tmp_path / "data" / "chroma")
     with chromadb.PersistentClient(path=path, settings=settings) as client:
-        client.create_collection("knowledge", embedding_function=None)
+        client.create_collection("knowledge", embedding_function=None, metadata=metadata)
     legacy = KnowledgeBase(tmp_path / "data", embedder=embedder)
-    assert legacy.vector_space() == "minilm/text"
+    assert legacy.vector_space() == space
     assert legacy.is_stale([docs])
     legacy.ingest([docs])
-    assert legacy.vector_space() == f"{embedder.name}/{knowledge.VECTORS}"
+    assert legacy.vector_space() == "use-multilingual/text+label/int8"
     legacy.close()
