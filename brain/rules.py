@@ -14,6 +14,8 @@ RESTRICTED_TOPICS: dict[str, list[str]] = {
         r"\b(want|like|need|demand|give me|get|expect)\b.{0,25}"
         r"\b(refund|refunded|money back|reimburse)",
         r"\brefund (me|my|the|this|it)\b",
+        r"\b(refund|reverse|return|pay back) (the|our|my|these|those|all) "
+        r"(\w+ ){0,2}(payments?|charges?|fees?)\b",
         r"\b(möchte|will|verlange|bitte)\b.{0,30}(geld zurück|rückerstattung|erstatt)",
         r"\b(quiero|necesito|exijo)\b.{0,30}(reembols|mi dinero)",
         r"\b(veux|voudrais|souhaite|exige)\b.{0,30}(rembours)",
@@ -38,6 +40,8 @@ RESTRICTED_TOPICS: dict[str, list[str]] = {
         r"\b(hacked|compromised|phishing|account takeover|stolen card)\b",
         r"\b(security (vulnerability|hole|flaw|issue|breach)|vulnerability|"
         r"data breach|exploit)\b",
+        r"\b(xss|cross[- ]site (scripting|request forgery)|csrf|sql injection|"
+        r"remote code execution|rce|privilege escalation|responsible disclosure|bug bounty)\b",
         r"\b(sicherheitslücke|schwachstelle|vulnerabilidad|brecha de seguridad|"
         r"faille de sécurité|vulnérabilité)\b",
         r"\bsomeone (else )?(logged|signed) in(to)? (to )?my\b",
@@ -53,19 +57,21 @@ ACCOUNT_ACTIONS: dict[str, list[str]] = {
     "account_change": [
         r"\b(can|could|would|will) you (please )?(cancel|delete|close|remove|change|"
         r"update|upgrade|downgrade|pause|reactivate|unlock|merge|extend|transfer)\b",
-        r"^\s*(please )?(cancel|delete|close|change|update|pause|unlock) my\b",
+        r"^\s*(please )?(cancel|delete|close|change|update|pause|unlock) (my|our)\b",
         r"\b(i want|i'd like|i need) you to "
         r"(cancel|delete|close|change|update|pause)\b",
-        r"\b(delete|close|erase) my (account|data|profile)\b",
+        r"\b(delete|close|erase) (my|our) (account|data|profile)\b",
+        # "how do I delete it? ... can you just do it for me?"
+        r"\b(can|could|would) you (please )?(just )?do (it|that|this) for (me|us)\b",
         r"^\s*(please )?(change|transfer) (the )?(owner|ownership)\b",
         r"\b(können|könnten) sie\b.{0,40}\b(kündigen|löschen|ändern|stornieren)\b",
         r"\bbitte\b.{0,30}\b(kündigen|löschen|ändern|stornieren)\b",
         r"\b(puede|podría|pueden|podrían)n?\b.{0,20}\b(cancelar|eliminar|borrar|"
         r"cambiar)\b",
-        r"\b(cancela|elimina|borra|cambia)d? mi\b",
+        r"\b(cancela|elimina|borra|cambia)d? (mi|nuestr[oa])\b",
         r"\b(pouvez|pourriez)[- ]vous\b.{0,20}\b(annuler|supprimer|résilier|changer|"
         r"modifier)\b",
-        r"\b(annulez|supprimez|résiliez|changez|modifiez) mon\b",
+        r"\b(annulez|supprimez|résiliez|changez|modifiez) (mon|ma|mes|notre|nos)\b",
     ],
 }
 

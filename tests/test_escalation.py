@@ -71,6 +71,11 @@ def test_ordinary_questions_are_not_requests_for_a_person(text: str) -> None:
         ("Können Sie bitte mein Abo kündigen?", Reason.ACCOUNT_ACTION),
         ("¿Puede cambiar mi dirección de envío?", Reason.ACCOUNT_ACTION),
         ("Pourriez-vous annuler ma commande ?", Reason.ACCOUNT_ACTION),
+        ("Please reverse the last two payments, we had stopped using it", Reason.POLICY_RESTRICTED),
+        ("I found a stored XSS on your checkout page", Reason.POLICY_RESTRICTED),
+        ("Please cancel our subscription with immediate effect", Reason.ACCOUNT_ACTION),
+        ("ugh, could you just do it for me?", Reason.ACCOUNT_ACTION),
+        ("Supprimez notre compte, merci", Reason.ACCOUNT_ACTION),
     ],
 )
 def test_reserved_topics_and_account_actions_escalate_with_their_reason(
@@ -87,6 +92,8 @@ def test_reserved_topics_and_account_actions_escalate_with_their_reason(
         "How long does a refund take?",
         "Is the agent of the courier DHL?",
         "Can I pause my subscription?",
+        "How do we cancel our subscription?",
+        "Can I return the grinder and get the shipping fees back?",
     ],
 )
 def test_how_to_questions_about_the_same_topics_are_left_to_the_answerer(text: str) -> None:

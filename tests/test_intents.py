@@ -295,12 +295,15 @@ async def test_the_offline_answerer_does_not_pass_off_a_look_alike_passage_as_an
     assert decided.action is Action.ANSWER
 
 
+# Close to asking for a person, not enough to act on alone.
+LEANS_TO_A_PERSON = "I think this needs a second pair of eyes"
+
+
 async def test_a_leaning_intent_names_the_reason_of_a_low_confidence_escalation(
     knowledge: KnowledgeBase,
 ) -> None:
     reader = IntentReader(IntentsConfig(), knowledge)
-    text = "Could a member of staff look at this instead of the chatbot?"
-    reading = await read(reader, knowledge, text)
+    reading = await read(reader, knowledge, LEANS_TO_A_PERSON)
     assert reading.fired is None and reading.leaning is not None
     assert reading.leaning.reason is Reason.HUMAN_REQUESTED
     judge = EscalationJudge(EscalationConfig(), BrainMessages())
@@ -408,9 +411,7 @@ async def test_with_claude_a_leaning_intent_names_an_unsure_models_escalation(
     claude: FakeAnthropic, claude_answerer: ClaudeAnswerer
 ) -> None:
     claude.script(decision(action="escalate", reason="low_confidence", reply="Let me check."))
-    decided = await claude_decides(
-        claude_answerer, "Could a member of staff look at this instead of the chatbot?"
-    )
+    decided = await claude_decides(claude_answerer, LEANS_TO_A_PERSON)
     assert len(claude.requests) == 1
     assert decided.reason is Reason.HUMAN_REQUESTED
     assert decided.reply == "Let me check."  # the model's own words to the customer stay
