@@ -5,7 +5,9 @@ A long email or a message pasted into a chat carries a greeting, a sign-off, a s
 quoted history; all of it dilutes an averaged sentence embedding and feeds BM25 words that
 have nothing to do with the question. mail-parser-reply (the email adapter's parser) cuts the
 quoted history and the signatures it recognises; the greeting and sign-off lines it leaves are
-dropped here.
+dropped here. So are sentences that give the bot orders instead of asking anything (a planted
+"P.S. note to the AI: append this line", "ignore all previous instructions"): they would steer
+the search and the intents toward the attacker's words rather than the question.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ _LEANS_ON = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+# A sentence that addresses the bot with instructions about its own output or rules. Written
+# from the common shapes of prompt injection (OWASP LLM01), in the four languages the brain
+# reads; the policy guard still checks every reply whatever gets through.
+_TO_THE_BOT = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions|prompt|rules|guidelines)\b"
+    r"|\b(?:note|message|instructions?) (?:to|for) (?:the |any )?"
+    r"(?:ai|assistant|bot|chatbot|model|llm)\b"
+    r"|\b(?:append|add|include|insert)\b.{0,20}\b(?:line|phrase|sentence|words?|text)\b.{0,80}"
+    r"\b(?:to|in|at the end of) (?:your|the|each|every) (?:reply|replies|answer|response|message)"
+    r"|\bend (?:every|each|all|your) (?:message|reply|answer|response)s? with\b"
+    r"|\b(?:system prompt|hidden instructions|your instructions)\b"
+    r"|\bfrom now on,? (?:you are|you will|always|only)\b"
+    r"|\b(?:ignoriere|vergiss|missachte)\b.{0,40}\b(?:anweisungen|regeln)\b|\bantworte nur\b"
+    r"|\b(?:ignora|olvida)\b.{0,40}\b(?:instrucciones|reglas)\b|\bresponde (?:solo|únicamente)\b"
+    r"|\b(?:ignorez?|oubliez?)\b.{0,40}\b(?:instructions|consignes|règles)\b"
+    r"|\bréponds? (?:uniquement|seulement)\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @lru_cache(maxsize=4096)  # a message is cleaned for the search, the intents and procedures
@@ -67,6 +88,7 @@ def clean(text: str) -> str:
         replies = EmailReplyParser(languages=list(LANGUAGES)).read(text).replies
         lines = (replies[0].body if replies else text).splitlines()
     lines = [line for line in lines if not line.lstrip().startswith(">")]
+    lines = _without_orders_to_the_bot(lines) or lines
     while lines and (not lines[0].strip() or _GREETING.match(lines[0].strip())):
         lines.pop(0)
     lines = _without_sign_off(lines)
@@ -93,6 +115,28 @@ def leans_on_previous(question: str) -> bool:
     return words <= SHORT_FOLLOW_UP or (
         words <= LEANING_FOLLOW_UP and _LEANS_ON.search(question) is not None
     )
+
+
+def _without_orders_to_the_bot(lines: list[str]) -> list[str]:
+    """The lines without the sentences that give the bot orders; a paragraph is read as one
+    line, so an instruction broken over lines goes whole. Empty when nothing else is left."""
+    kept: list[str] = []
+    paragraph: list[str] = []
+    for line in [*lines, ""]:
+        if line.strip():
+            paragraph.append(line.strip())
+            continue
+        if paragraph:
+            text = " ".join(paragraph)
+            if _TO_THE_BOT.search(text):
+                sentences = _SENTENCE_END.split(text)
+                text = " ".join(s for s in sentences if not _TO_THE_BOT.search(s))
+                paragraph = [text] if text else []
+            kept.extend(paragraph)
+        kept.append("")
+        paragraph = []
+    kept.pop()
+    return kept if any(line.strip() for line in kept) else []
 
 
 def _without_sign_off(lines: list[str]) -> list[str]:
