@@ -70,6 +70,7 @@ _TO_THE_BOT = re.compile(
     r"|\bend (?:every|each|all|your) (?:message|reply|answer|response)s? with\b"
     r"|\b(?:system prompt|hidden instructions|your instructions)\b"
     r"|\bfrom now on,? (?:you are|you will|always|only)\b"
+    r"|\b(?:reply|respond|answer) (?:only|just) (?:with|in)\b"
     r"|\b(?:ignoriere|vergiss|missachte)\b.{0,40}\b(?:anweisungen|regeln)\b|\bantworte nur\b"
     r"|\b(?:ignora|olvida)\b.{0,40}\b(?:instrucciones|reglas)\b|\bresponde (?:solo|únicamente)\b"
     r"|\b(?:ignorez?|oubliez?)\b.{0,40}\b(?:instructions|consignes|règles)\b"
