@@ -45,6 +45,8 @@ RESTRICTED_TOPICS: dict[str, list[str]] = {
         r"\b(sicherheitslücke|schwachstelle|vulnerabilidad|brecha de seguridad|"
         r"faille de sécurité|vulnérabilité)\b",
         r"\bsomeone (else )?(logged|signed) in(to)? (to )?my\b",
+        r"\b(someone|somebody|a stranger|an attacker)\b.{0,20}\b(got into|broke into|"
+        r"accessed|took over|is using) (my|our) (account|dashboard|login)\b",
         r"\b(gehackt|kompromittiert|phishing)\b",
         r"\b(hackead[oa]|suplantación|phishing)\b",
         r"\b(piraté|hameçonnage|usurpation)\b",

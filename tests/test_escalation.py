@@ -73,6 +73,7 @@ def test_ordinary_questions_are_not_requests_for_a_person(text: str) -> None:
         ("Pourriez-vous annuler ma commande ?", Reason.ACCOUNT_ACTION),
         ("Please reverse the last two payments, we had stopped using it", Reason.POLICY_RESTRICTED),
         ("I found a stored XSS on your checkout page", Reason.POLICY_RESTRICTED),
+        ("I think somebody got into our account last night", Reason.POLICY_RESTRICTED),
         ("Please cancel our subscription with immediate effect", Reason.ACCOUNT_ACTION),
         ("ugh, could you just do it for me?", Reason.ACCOUNT_ACTION),
         ("Supprimez notre compte, merci", Reason.ACCOUNT_ACTION),
