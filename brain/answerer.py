@@ -38,7 +38,7 @@ from brain.escalation import EscalationJudge, escalate
 from brain.intents import IntentReader, Reading
 from brain.knowledge import KnowledgeBase
 from brain.procedures import ProcedureEngine
-from brain.query import clean, search_text
+from brain.query import clean, search_text, with_previous_turn
 from gateway.answering import Draft, Passage
 from gateway.message import (
     Action,
@@ -93,7 +93,10 @@ class GroundedAnswerer(ABC):
         no later message pays for, and a gateway that just started should still answer.
 
         The search is for the question without greeting, signature and quotes, and with the
-        customer's previous turn when this one leans on it (brain/query.py)."""
+        customer's previous turn when this one leans on it (brain/query.py). A follow-up that
+        does not read as leaning ("can we bring the old numbers with us?") but finds nothing
+        it could answer from alone is searched again with the previous turn, and the better of
+        the two kept: the context was in the turn before."""
         if not message.content:
             return []
         deadline = deadline_of(message, self._config)
@@ -105,10 +108,22 @@ class GroundedAnswerer(ABC):
             log.warning("brain.late_message", deadline=self._config.deadline)
             return None
         earlier = [entry for entry in history if entry.message_id != message.id]
+        query = search_text(message.content, earlier)
+        passages = await self._search(query, deadline)
+        if passages is None or (passages and passages[0].score >= self._config.min_confidence):
+            return passages
+        joined = with_previous_turn(message.content, earlier)
+        if joined is None or joined == query:
+            return passages
+        retried = await self._search(joined, deadline)
+        if retried and (not passages or retried[0].score > passages[0].score):
+            return retried
+        return passages
+
+    async def _search(self, query: str, deadline: float) -> list[Passage] | None:
+        """The knowledge base's passages for `query`, or None past the deadline."""
         search = self._knowledge.search(
-            search_text(message.content, earlier),
-            k=self._config.max_passages,
-            deadline=deadline if self._warm else None,
+            query, k=self._config.max_passages, deadline=deadline if self._warm else None
         )
         if not self._warm:
             passages = await search

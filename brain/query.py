@@ -101,13 +101,18 @@ def search_text(message: str, history: Sequence[TranscriptEntry] = ()) -> str:
     """What to search for: the cleaned message, preceded by the previous customer turn when
     the message is short or leans on it ("ok and where do I see those clicks?")."""
     question = clean(message)
+    if not leans_on_previous(question):
+        return question
+    return with_previous_turn(message, history) or question
+
+
+def with_previous_turn(message: str, history: Sequence[TranscriptEntry]) -> str | None:
+    """The cleaned previous customer turn and the cleaned message, or None on a first turn."""
     previous = next(
         (entry.text for entry in reversed(history) if entry.role is Role.CUSTOMER and entry.text),
         None,
     )
-    if previous is None or not leans_on_previous(question):
-        return question
-    return f"{clean(previous)}\n{question}"
+    return None if previous is None else f"{clean(previous)}\n{clean(message)}"
 
 
 def leans_on_previous(question: str) -> bool:

@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from brain import lexical
+from brain.config import BrainConfig
 from brain.embedder import Embedder
 from brain.knowledge import KnowledgeBase, Retriever
+from brain.offline import OfflineAnswerer
+from brain.query import search_text
+from gateway.message import Inbound, Role, TranscriptEntry, new_id
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hybrid"
 # A remittance reference that only billing.md carries: a rare exact term.
@@ -160,3 +164,26 @@ async def test_a_page_added_elsewhere_is_found_by_the_dense_side_before_the_inde
     best = (await reader.search("do gift cards expire?", k=1))[0]
     assert best.source == "gift-cards.md" and best.found_by == ("dense",)
     assert "never expire" in best.text and best.title == "Gift cards"
+
+
+async def test_a_follow_up_that_finds_nothing_alone_is_searched_with_the_turn_before(
+    open_kb: Opener, docs: Path
+) -> None:
+    kb = open_kb()
+    kb.ingest([docs])
+    config = BrainConfig(anthropic_api_key=None)
+    answerer = OfflineAnswerer(kb, config)
+    first = TranscriptEntry(role=Role.CUSTOMER, text="I want to track clicks on partner links")
+    follow_up = Inbound(
+        channel="rest",
+        conversation="rest:kim",
+        sender="kim",
+        text="Where do we find the numbers afterwards?",
+        provider_message_id=new_id(),
+    )
+    assert search_text(follow_up.content, [first]) == follow_up.content  # no word leans back
+    alone = await answerer.retrieve(follow_up)
+    assert alone and alone[0].score < config.min_confidence  # nothing to answer from
+    found = await answerer.retrieve(follow_up, [first])
+    assert found and found[0].source == "outbound-links.md"
+    assert found[0].score >= config.min_confidence
