@@ -367,6 +367,36 @@ async def test_a_database_that_is_down_delays_the_archive_and_loses_nothing(
     assert await count(database, turns) == 5 and len(queue) == 0
 
 
+async def test_a_stopping_worker_writes_what_its_in_process_writer_still_holds(
+    archive_url: str, sample_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory mode, the writer in the process: cancelled while it waits between batches (as
+    `gateway worker` stops it), it writes what came in meanwhile and then ends, instead of
+    dropping it with the task."""
+    monkeypatch.delenv("GATEWAY_API_TOKEN", raising=False)
+    config = GatewayConfig(
+        data_dir=sample_data_dir,
+        archive={"database_url": archive_url, "flush_interval": 2.0, "writer_process": False},
+    )
+    archive = ArchiveDatabase(database_url(archive_url, tmp_path))
+    await upgrade(archive)  # PostgreSQL is migrated by `gateway db upgrade`, not the worker
+    async with Gateway.open(config, warm=True) as gw:
+        writer = await start_archive_writer(gw.runtime)
+        assert writer is not None
+        queue = gw.runtime.archive_queue
+        assert isinstance(queue, MemoryArchiveQueue)
+        await gw.ask("c0", "Can I pause my subscription?")
+        await until(lambda: len(queue) == 0)  # written; the writer now waits 2 s
+        for n in (1, 2):
+            await gw.ask(f"c{n}", "Can I pause my subscription?")
+        assert len(queue) > 0
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        assert writer.cancelled() and len(queue) == 0
+    assert await count(archive, turns) == 3
+    await archive.close()
+
+
 @pytest.mark.redis
 async def test_a_writer_that_dies_mid_batch_leaves_it_to_another_once(
     database: ArchiveDatabase, redis: Redis

@@ -17,7 +17,7 @@ from gateway.app.digest import open_weekly_digest
 from gateway.app.http import build_app
 from gateway.app.runtime import Runtime
 from gateway.app.settings import GatewayConfig
-from gateway.archive.child import ChildArchiveQueue
+from gateway.archive.child import DRAIN_SECONDS, ChildArchiveQueue
 from gateway.archive.migrate import upgrade
 from gateway.archive.queue import MemoryArchiveQueue
 from gateway.archive.redis_queue import RedisArchiveQueue
@@ -128,7 +128,27 @@ async def start_archive_writer(runtime: Runtime) -> asyncio.Task[None] | None:
         flush_interval=archive.flush_interval,
         retention=timedelta(days=archive.retention_days),
     )
-    return asyncio.create_task(writer.run(), name="archive:writer")
+    return asyncio.create_task(write_until_cancelled(writer), name="archive:writer")
+
+
+async def write_until_cancelled(writer: ArchiveWriter) -> None:
+    """The writer, stopped by its event once this task is cancelled, as the child's is: the
+    batch being written finishes (a task cancelled in the middle of an aiosqlite statement was
+    seen never to finish its cancellation), and what the queue holds is written, for up to
+    DRAIN_SECONDS; then it is cancelled (the database is down or slow). What it leaves then
+    stays in a Redis queue for another writer; from an in-memory queue it is lost, and said."""
+    stop = asyncio.Event()
+    writing = asyncio.create_task(writer.run(stop), name="archive:writing")
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        stop.set()
+        done, _ = await asyncio.wait([writing], timeout=DRAIN_SECONDS)
+        if not done:
+            log.warning("archive.writer_stopped_unwritten", waited=DRAIN_SECONDS)
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+        raise
 
 
 async def start_connectors(channels: Mapping[str, Channel]) -> list[Channel]:
