@@ -62,14 +62,16 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # from the common shapes of prompt injection (OWASP LLM01), in the four languages the brain
 # reads; the policy guard still checks every reply whatever gets through.
 _TO_THE_BOT = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions|prompt|rules|guidelines)\b"
+    r"\b(?:ignore|disregard|forget|override)\b.{0,20}\b(?:previous|prior|above|earlier|your|all)"
+    r"\b.{0,15}\b(?:instructions|prompts?|rules|guidelines)\b"
     r"|\b(?:note|message|instructions?) (?:to|for) (?:the |any )?"
     r"(?:ai|assistant|bot|chatbot|model|llm)\b"
     r"|\b(?:append|add|include|insert)\b.{0,20}\b(?:line|phrase|sentence|words?|text)\b.{0,80}"
-    r"\b(?:to|in|at the end of) (?:your|the|each|every) (?:reply|replies|answer|response|message)"
+    r"\b(?:to|in|at the end of) (?:your|each|every) (?:reply|replies|answer|response)"
     r"|\bend (?:every|each|all|your) (?:message|reply|answer|response)s? with\b"
-    r"|\b(?:system prompt|hidden instructions|your instructions)\b"
-    r"|\bfrom now on,? (?:you are|you will|always|only)\b"
+    r"|\b(?:system prompt|hidden instructions)\b"
+    r"|\b(?:print|reveal|show|repeat|output) (?:me )?(?:your|the) (?:instructions|prompt)\b"
+    r"|\bfrom now on,? you (?:are|will|must)\b"
     r"|\b(?:reply|respond|answer) (?:only|just) (?:with|in)\b"
     r"|\b(?:ignoriere|vergiss|missachte)\b.{0,40}\b(?:anweisungen|regeln)\b|\bantworte nur\b"
     r"|\b(?:ignora|olvida)\b.{0,40}\b(?:instrucciones|reglas)\b|\bresponde (?:solo|únicamente)\b"
@@ -126,6 +128,8 @@ def leans_on_previous(question: str) -> bool:
 def _without_orders_to_the_bot(lines: list[str]) -> list[str]:
     """The lines without the sentences that give the bot orders; a paragraph is read as one
     line, so an instruction broken over lines goes whole. Empty when nothing else is left."""
+    if not _TO_THE_BOT.search(" ".join(lines)):
+        return lines
     kept: list[str] = []
     paragraph: list[str] = []
     for line in [*lines, ""]:
