@@ -212,6 +212,7 @@ class KnowledgeBase:
         self._chroma_url = chroma_url
         self._collection_name = collection
         self._embedder = None if isinstance(embedder, str) else embedder
+        self._loads_embedder = isinstance(embedder, str)  # and so releases it on close
         self._embedder_process = embedder_process
         self._child_embedder: ChildProcessEmbedder | None = None  # the one this loaded
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
@@ -378,15 +379,20 @@ class KnowledgeBase:
         await asyncio.to_thread(self._ping)
 
     def close(self) -> None:
-        """Release the Chroma client (its files, or its HTTP connections) and stop the
-        embedder's child process, if this started one."""
+        """Release the Chroma client (its files, or its HTTP connections) and the embedder this
+        loaded (its model, about 130 MB, or its child process); both come back if this
+        knowledge base is used again. Released here, not when the object goes: something may
+        hold a closed one for a long time (aiohttp caches handlers with their application)."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 _close_http_sessions(self._client)
             self._client = self._collection = None
-        if self._child_embedder is not None:
-            self._child_embedder.close()  # started again if this knowledge base is used again
+        with self._embedder_lock:
+            if self._child_embedder is not None:
+                self._child_embedder.close()
+            if self._loads_embedder:
+                self._embedder = self._child_embedder = None
 
     def _search(self, batch: Sequence[_Query]) -> list[list[Passage]]:
         """Each query's fused top k, diverse by page, scored by cosine."""
@@ -529,7 +535,8 @@ class KnowledgeBase:
                 )
                 if isinstance(self._embedder, ChildProcessEmbedder):
                     self._child_embedder = self._embedder
-        return self._embedder.embed(texts, kind)
+            embedder = self._embedder
+        return embedder.embed(texts, kind)
 
     def _chroma(self) -> Any:
         with self._lock:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -335,6 +337,21 @@ async def test_an_empty_knowledge_base_answers_without_loading_the_model(tmp_pat
     assert await knowledge.search("anything at all?") == []
     assert knowledge._embedder is None  # the model was never loaded
     knowledge.close()
+
+
+async def test_closing_releases_the_embedder_it_loaded_and_it_loads_again(
+    tmp_path: Path, docs: Path
+) -> None:
+    """Something may hold a closed knowledge base (aiohttp caches handlers with their
+    application): the model it loaded by name (130 MB) must not stay with it."""
+    kb = KnowledgeBase(tmp_path / "data", embedder="minilm")
+    kb.ingest([docs])
+    loaded = weakref.ref(kb._embedder)
+    kb.close()
+    gc.collect()
+    assert loaded() is None
+    assert (await kb.search("Can I pay with PayPal?", k=1))[0].source == "billing.md"
+    kb.close()
 
 
 async def test_concurrent_searches_share_a_batch_and_each_gets_its_own_answer(
