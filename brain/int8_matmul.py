@@ -50,7 +50,6 @@ class Int8Matrix:
 
     def __init__(self, weights: np.ndarray) -> None:
         weights = np.asarray(weights, dtype=np.float32)
-        self.shape = weights.shape
         rows, columns = weights.shape
         scale = np.abs(weights).max(axis=0) / 127.0
         scale[scale == 0] = 1.0

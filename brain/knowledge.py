@@ -214,7 +214,6 @@ class KnowledgeBase:
         self._embedder = None if isinstance(embedder, str) else embedder
         self._loads_embedder = isinstance(embedder, str)  # and so releases it on close
         self._embedder_process = embedder_process
-        self._child_embedder: ChildProcessEmbedder | None = None  # the one this loaded
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
         numerics = NUMERICS.get(self.embedder_name)
         self._vectors = f"{VECTORS}/{numerics}" if numerics else VECTORS
@@ -389,10 +388,10 @@ class KnowledgeBase:
                 _close_http_sessions(self._client)
             self._client = self._collection = None
         with self._embedder_lock:
-            if self._child_embedder is not None:
-                self._child_embedder.close()
             if self._loads_embedder:
-                self._embedder = self._child_embedder = None
+                if isinstance(self._embedder, ChildProcessEmbedder):
+                    self._embedder.close()
+                self._embedder = None
 
     def _search(self, batch: Sequence[_Query]) -> list[list[Passage]]:
         """Each query's fused top k, diverse by page, scored by cosine."""
@@ -533,8 +532,6 @@ class KnowledgeBase:
                 self._embedder = load_embedder(
                     self.embedder_name, child_process=self._embedder_process
                 )
-                if isinstance(self._embedder, ChildProcessEmbedder):
-                    self._child_embedder = self._embedder
             embedder = self._embedder
         return embedder.embed(texts, kind)
 

@@ -133,8 +133,10 @@ async def test_a_knowledge_base_embeds_in_its_child_and_stops_it_on_close(
     try:
         passages = await kb.search("How much does shipping to Canada cost?", k=2)
         assert passages and "shipping" in passages[0].source
-        child = kb._child_embedder
-        assert child is not None and child.pid is not None and alive(child.pid)
+        child = kb._embedder
+        assert (
+            isinstance(child, ChildProcessEmbedder) and child.pid is not None and alive(child.pid)
+        )
         pid = child.pid
         # The intents' entry point reuses the search's vector, and embeds new texts there too.
         vectors = await kb.embed(["How much does shipping to Canada cost?", "refund"])
