@@ -27,6 +27,7 @@ the loaded 2-core machine that cost 10-50 times the single-threaded time and CPU
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import math
@@ -94,12 +95,23 @@ class Embedder(Protocol):
 
 def load_embedder(name: str, *, child_process: bool = False) -> Embedder:
     """The embedder registered under ``name`` (a key of EMBEDDERS), with its model loaded;
-    ``child_process``: loaded and run in a child process (see ChildProcessEmbedder)."""
-    factory = _registered(name)
+    ``child_process``: loaded and run in a child process (see ChildProcessEmbedder).
+
+    In process, a name's model is loaded once per process and shared: it is read-only once
+    loaded and safe across threads (AcrossCores embeds the parts of one call from several at
+    once), so every knowledge base a process opens (a test suite's, `gateway test`'s beside the
+    gateway's) uses the one copy, instead of each loading its own 130 MB and a second of CPU."""
     if child_process:
+        _registered(name)
         embedder = ChildProcessEmbedder(name)
         embedder.start()
         return embedder
+    return _in_process(name)
+
+
+@functools.cache
+def _in_process(name: str) -> Embedder:
+    factory = _registered(name)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return AcrossCores(factory(), cores or 1)
 

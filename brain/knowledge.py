@@ -212,7 +212,7 @@ class KnowledgeBase:
         self._chroma_url = chroma_url
         self._collection_name = collection
         self._embedder = None if isinstance(embedder, str) else embedder
-        self._loads_embedder = isinstance(embedder, str)  # and so releases it on close
+        self._loads_embedder = isinstance(embedder, str)  # and so stops its child on close
         self._embedder_process = embedder_process
         self.embedder_name = embedder if isinstance(embedder, str) else embedder.name
         numerics = NUMERICS.get(self.embedder_name)
@@ -378,20 +378,18 @@ class KnowledgeBase:
         await asyncio.to_thread(self._ping)
 
     def close(self) -> None:
-        """Release the Chroma client (its files, or its HTTP connections) and the embedder this
-        loaded (its model, about 130 MB, or its child process); both come back if this
-        knowledge base is used again. Released here, not when the object goes: something may
-        hold a closed one for a long time (aiohttp caches handlers with their application)."""
+        """Release the Chroma client (its files, or its HTTP connections) and stop the
+        embedder's child process, if this started one; both come back if this knowledge base
+        is used again. A model loaded in process is the process's (load_embedder), not this
+        knowledge base's: it stays loaded for the next one."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 _close_http_sessions(self._client)
             self._client = self._collection = None
         with self._embedder_lock:
-            if self._loads_embedder:
-                if isinstance(self._embedder, ChildProcessEmbedder):
-                    self._embedder.close()
-                self._embedder = None
+            if self._loads_embedder and isinstance(self._embedder, ChildProcessEmbedder):
+                self._embedder.close()
 
     def _search(self, batch: Sequence[_Query]) -> list[list[Passage]]:
         """Each query's fused top k, diverse by page, scored by cosine."""

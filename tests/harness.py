@@ -42,19 +42,19 @@ class Gateway:
         config: GatewayConfig,
         *,
         embedded: bool = False,
-        warm: bool = False,
+        warm: bool = True,
         consume: Callable[[Inbound], Awaitable[object]] | None = None,
         timers: bool = False,
         **extra: Any,
     ) -> AsyncIterator[Self]:
         """`embedded`: the in-process bus and store whatever the config says; `warm`: the
-        embedder loaded first, so a first answer is not timed with a cold start; `consume`:
+        embedder loaded and the intents' exemplars embedded first, as `gateway worker` does
+        before it consumes (False: a first answer timed with a cold start); `consume`:
         what the worker does with each message (default: the pipeline); `timers`: the timer
         sweep (the hand-off relay's, when it has one) runs too; `extra`: the subclass's own
         fields."""
         async with Runtime.open(config, embedded=embedded) as runtime:
             if warm:
-                await runtime.knowledge.search("warm up", k=1)
                 await runtime.answerer.warm_up()
             traffic = Traffic(runtime.bus)
             async with (

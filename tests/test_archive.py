@@ -303,7 +303,7 @@ async def test_a_turns_tool_calls_are_archived_once_even_when_it_is_processed_ag
             }
         )
         written = metrics.ARCHIVE_WRITTEN._value.get()
-        async with Gateway.open(config, warm=True) as gw, archiving(gw):
+        async with Gateway.open(config) as gw, archiving(gw):
             assert (
                 "postcode"
                 in (await gw.ask("kim", "Where is my order KC-1002?"))["replies"][0]["text"]
@@ -350,7 +350,7 @@ async def test_a_database_that_is_down_delays_the_archive_and_loses_nothing(
     )
     failures = metrics.ARCHIVE_FAILURES._value.get()
     written = metrics.ARCHIVE_WRITTEN._value.get()
-    async with Gateway.open(config, warm=True) as gw, archiving(gw):
+    async with Gateway.open(config) as gw, archiving(gw):
         for n in range(5):
             answer = await gw.ask(f"c{n}", "Can I pause my subscription?")
             assert answer["replies"]
@@ -380,7 +380,7 @@ async def test_a_stopping_worker_writes_what_its_in_process_writer_still_holds(
     )
     archive = ArchiveDatabase(database_url(archive_url, tmp_path))
     await upgrade(archive)  # PostgreSQL is migrated by `gateway db upgrade`, not the worker
-    async with Gateway.open(config, warm=True) as gw:
+    async with Gateway.open(config) as gw:
         writer = await start_archive_writer(gw.runtime)
         assert writer is not None
         queue = gw.runtime.archive_queue

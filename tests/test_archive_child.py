@@ -70,7 +70,7 @@ async def test_the_child_writes_the_turns_and_is_started_again_when_it_dies(
         archive={"database_url": archive_file, "flush_interval": 0.05},
     )
     written = metrics.ARCHIVE_WRITTEN._value.get()
-    async with Gateway.open(config, warm=True) as gw, archiving(gw):
+    async with Gateway.open(config) as gw, archiving(gw):
         queue, archive = gw.runtime.archive_queue, gw.runtime.archive
         assert isinstance(queue, ChildArchiveQueue) and archive is not None
         await until(lambda: queue.pid is not None)

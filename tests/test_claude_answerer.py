@@ -350,7 +350,7 @@ async def claude_gateway(claude: FakeAnthropic, sample_data_dir: Path):  # type:
         redis_url=None,
         brain=BrainConfig(anthropic_api_key=SecretStr(API_KEY), anthropic_base_url=claude.url),
     )
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         yield gateway
 
 
@@ -421,7 +421,7 @@ async def test_an_injection_in_a_kb_page_is_quoted_and_obeying_it_is_blocked(
         brain=BrainConfig(anthropic_api_key=SecretStr(API_KEY), anthropic_base_url=claude.url),
     )
     claude.script(decision(reply="I'm a human agent, and your refund is approved."))
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         gateway.runtime.knowledge.ingest([tmp_path / "kb"])
         body = await gateway.ask("mallory", "Can I return my grinder?")
     quoted = claude.requests[0].last_user_text

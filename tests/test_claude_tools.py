@@ -80,7 +80,7 @@ async def open_gateway(
             "tools": tools,
         }
     )
-    async with Gateway.open(config, warm=True) as gw:
+    async with Gateway.open(config) as gw:
         yield gw
 
 

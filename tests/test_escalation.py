@@ -176,7 +176,7 @@ async def offline_gateway(sample_data_dir: Path):  # type: ignore[no-untyped-def
         escalation=EscalationConfig(repeated_failures=3),
     )
     async with Gateway.open(
-        GatewayConfig(data_dir=sample_data_dir, brain=brain), embedded=True, warm=True
+        GatewayConfig(data_dir=sample_data_dir, brain=brain), embedded=True
     ) as gateway:
         yield gateway
 

@@ -442,7 +442,7 @@ async def test_rest_escalates_an_unlisted_account_request_and_a_complaint_about_
     sample_data_dir: Path,
 ) -> None:
     config = GatewayConfig(data_dir=sample_data_dir, brain=BrainConfig(anthropic_api_key=None))
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         asked = await gateway.ask("rita", "Please take my second address off the account.")
         how = await gateway.ask("sam", "How do I change my delivery address?")
         first = await gateway.ask("uma", "Can I pause my subscription?")

@@ -76,7 +76,7 @@ async def test_an_offline_answer_that_breaks_an_operator_rule_is_not_sent(
         anthropic_api_key=None, min_confidence=0.0, policy=PolicyConfig(rules=[rule])
     )
     config = GatewayConfig(data_dir=tmp_path / "data", brain=brain)
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         gateway.runtime.knowledge.ingest([tmp_path / "kb"])
         with capture_logs() as logs:
             body = await gateway.ask("pat", "How much is the Duo plan per delivery?")

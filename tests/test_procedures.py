@@ -36,7 +36,7 @@ async def shop() -> AsyncIterator[RunningShop]:
 
 @pytest.fixture
 async def gateway(shop: RunningShop, sample_data_dir: Path) -> AsyncIterator[Gateway]:
-    async with Gateway.open(shop_config(shop.url, sample_data_dir), warm=True) as gw:
+    async with Gateway.open(shop_config(shop.url, sample_data_dir)) as gw:
         yield gw
 
 
@@ -299,7 +299,7 @@ async def test_an_idle_procedure_times_out(shop: RunningShop, sample_data_dir: P
     brain = config.brain.model_copy(
         update={"procedures": config.brain.procedures.model_copy(update={"idle_timeout": 1.0})}
     )
-    async with Gateway.open(config.model_copy(update={"brain": brain}), warm=True) as gateway:
+    async with Gateway.open(config.model_copy(update={"brain": brain})) as gateway:
         await say(gateway, "idle", "Where is my order?")
         await asyncio.sleep(1.2)
         late = await gateway.ask("idle", "How much is the Duo plan in the UK?")

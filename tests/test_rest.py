@@ -122,7 +122,7 @@ async def test_malformed_json_is_400_and_wrong_content_type_is_415(gateway: Gate
 
 async def test_bearer_token_is_required_when_configured(sample_data_dir: Path) -> None:
     config = GatewayConfig(data_dir=sample_data_dir, server={"api_token": "t0ken-value"})
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         payload = {"conversation_id": "h", "text": PRICING}
         missing = await gateway.http.post("/api/messages", json=payload)
         wrong = await gateway.http.post(

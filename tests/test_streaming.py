@@ -118,7 +118,6 @@ async def open_gateway(
     async with StreamingGateway.open(
         config,
         embedded=True,
-        warm=True,
         claude=claude,
         slack=slack,
         telegram=telegram,

@@ -56,7 +56,7 @@ async def site(sample_data_dir: Path) -> AsyncIterator[Gateway]:
         for name in ("ANTHROPIC_API_KEY", "GATEWAY_API_TOKEN"):
             environment.delenv(name, raising=False)
         config = GatewayConfig(data_dir=sample_data_dir)
-    async with Gateway.open(config, embedded=True, warm=True) as gateway:
+    async with Gateway.open(config, embedded=True) as gateway:
         yield gateway
 
 
