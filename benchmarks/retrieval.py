@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["dev", "test"], default="dev")
     parser.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3, help="latency passes over the cases")
+    parser.add_argument("--rounds", type=int, default=10, help="latency passes over the cases")
     parser.add_argument("--misses", action="store_true", help="list hybrid's misses at 5")
     parser.add_argument(
         "--data-dir",
@@ -165,6 +166,7 @@ async def run(
         # are slow); latency is timed after the quality pass.
         found = [await kb.search(query, k=K) for query in queries]
         others = [await kb.search(mode.query(case), k=K) for case in unanswerable]
+        gc.freeze()  # as a gateway process does once started (gateway/app/processes.py)
         latency: dict[int, list[float]] = {}
         for concurrency in sorted({1, args.concurrency}):
             latency[concurrency] = await timed(kb, queries * args.rounds, concurrency)

@@ -32,11 +32,13 @@ Stamp = tuple[object, int]  # the collection's generation stamp and its chunk co
 
 @dataclass(frozen=True, slots=True)
 class Chunks:
-    """The collection's chunks as Chroma returns them (``get``): ids, texts and metadata."""
+    """The collection's chunks as Chroma returns them (``get``): ids, texts and metadata, and
+    their vectors (one row each) when the collection is small enough to search in memory."""
 
     ids: list[str]
     documents: list[str]
     metadatas: list[dict[str, Any]]
+    vectors: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,8 @@ class LexicalHits:
 
 
 class LexicalIndex:
-    """An immutable BM25 index over a collection's chunks; safe to search from any thread."""
+    """An immutable BM25 index over a collection's chunks, which it holds (texts, metadata and
+    perhaps vectors: what a search reads besides); safe to search from any thread."""
 
     def __init__(self, chunks: Chunks) -> None:
         self.chunks = chunks

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from brain import lexical
+from brain import knowledge, lexical
 from brain.config import BrainConfig
 from brain.embedder import Embedder
 from brain.knowledge import KnowledgeBase, Retriever
@@ -164,6 +164,42 @@ async def test_a_page_added_elsewhere_is_found_by_the_dense_side_before_the_inde
     best = (await reader.search("do gift cards expire?", k=1))[0]
     assert best.source == "gift-cards.md" and best.found_by == ("dense",)
     assert "never expire" in best.text and best.title == "Gift cards"
+
+
+async def test_a_page_removed_elsewhere_is_not_quoted_before_the_index_follows(
+    writer_and_reader: tuple[KnowledgeBase, KnowledgeBase], docs: Path
+) -> None:
+    # The reader's index (and the vectors it holds) still has billing.md: the collection's
+    # count tells it that it is behind, so neither side quotes the page from it.
+    writer, reader = writer_and_reader
+    (docs / "billing.md").unlink()
+    assert writer.ingest([docs]).removed == 1
+    assert "billing.md" not in await sources(reader, f"what is {REFERENCE}", k=10)
+
+
+QUESTIONS = [
+    f"what is {REFERENCE}",
+    "do you take paypal?",
+    "wie kann ich mein Konto löschen?",
+    "how are outbound links counted",
+]
+
+
+async def test_the_exact_search_in_memory_ranks_as_chromas_index_does(
+    open_kb: Opener, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held, indexed = open_kb(), open_kb()
+    held.ingest([docs])
+    in_memory = [await held.search(question) for question in QUESTIONS]
+    assert held._lexicon.current().chunks.vectors is not None
+    monkeypatch.setattr(knowledge, "IN_MEMORY_CHUNKS", 0)  # Chroma's HNSW for the other
+    by_chroma = [await indexed.search(question) for question in QUESTIONS]
+    assert indexed._lexicon.current().chunks.vectors is None
+    for ours, chromas in zip(in_memory, by_chroma, strict=True):
+        assert [(p.source, p.heading, p.found_by) for p in ours] == [
+            (p.source, p.heading, p.found_by) for p in chromas
+        ]
+        assert [p.score for p in ours] == pytest.approx([p.score for p in chromas], abs=1e-5)
 
 
 async def test_a_follow_up_that_finds_nothing_alone_is_searched_with_the_turn_before(
