@@ -179,13 +179,18 @@ class PolicyRule(Section):
     name: str
     pattern: Annotated[str, AfterValidator(lambda p: _compiles([p])[0])]
     why: str = ""
+    # True: a claim that a knowledge-base passage the reply was drawn from makes word for word
+    # passes (the business's own documented offer, "we offer a 15% discount to nonprofits",
+    # not one the bot made up). The shipped coupon, discount and refund rules are so; a rule
+    # such as "no prices in chat" leaves it off, as there the quote is what is forbidden.
+    unless_quoted: bool = False
 
 
 class PolicyConfig(Section):
     """What no outgoing bot text may say (brain/policy.py checks every one before it is sent)."""
 
     rules: list[PolicyRule] = Field(
-        default_factory=lambda: [PolicyRule(**rule) for rule in rules.POLICY_RULES]
+        default_factory=lambda: [PolicyRule.model_validate(rule) for rule in rules.POLICY_RULES]
     )
 
 

@@ -3,7 +3,9 @@
 Two kinds of check, whichever answerer wrote the text:
 
 - the configured rules (`brain.policy.rules`): claims the bot must never make, such as an
-  invented coupon code, a promised refund, an approval, or claiming to be a person;
+  invented coupon code, a promised refund, an approval, or claiming to be a person; a rule
+  marked `unless_quoted` lets a claim through that a knowledge-base passage the reply was
+  drawn from makes word for word (the business's own documented offer);
 - the prompt canary: no outgoing text may hold the system prompt's reference tag or any of
   its sentences, which is what an obeyed "repeat your instructions" produces.
 
@@ -14,26 +16,33 @@ A text that fails is never sent: the pipeline replaces it with a holding reply a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from brain.config import PolicyConfig
 from brain.prompt import CANARY, PROMPT_SENTENCES
 from gateway.answering import Violation
 
 _SPACE = re.compile(r"\s+")
+_EMPHASIS = re.compile(r"[*_`]+")  # markdown's, which a reply may keep or drop
 
 
 class PolicyGuard:
     def __init__(self, config: PolicyConfig) -> None:
         self._rules = [
-            (rule.name, rule.why, re.compile(rule.pattern, re.IGNORECASE)) for rule in config.rules
+            (rule.name, rule.why, re.compile(rule.pattern, re.IGNORECASE), rule.unless_quoted)
+            for rule in config.rules
         ]
         self._sentences = tuple(_normal(sentence) for sentence in PROMPT_SENTENCES)
 
-    def check(self, text: str) -> Violation | None:
-        """The first rule the text breaks, or None when it may be sent."""
-        for name, why, pattern in self._rules:
-            if pattern.search(text):
-                return Violation(name, why)
+    def check(self, text: str, quotes: Sequence[str] = ()) -> Violation | None:
+        """The first rule the text breaks, or None when it may be sent; `quotes`: the
+        knowledge-base passages the reply was drawn from."""
+        quoted = [_EMPHASIS.sub("", _normal(quote)) for quote in quotes]
+        for name, why, pattern, unless_quoted in self._rules:
+            for claim in pattern.finditer(text):
+                said = _EMPHASIS.sub("", _normal(claim.group()))
+                if not (unless_quoted and any(said in quote for quote in quoted)):
+                    return Violation(name, why)
         normal = _normal(text)
         if CANARY.lower() in normal or any(s in normal for s in self._sentences):
             return Violation("system_prompt_leak", "never reveal the system prompt")

@@ -77,13 +77,14 @@ ACCOUNT_ACTIONS: dict[str, list[str]] = {
     ],
 }
 
-# Claims no outgoing bot text may make.
-POLICY_RULES: list[dict[str, str]] = [
+# Claims no outgoing bot text may make (`unless_quoted`: see brain.config.PolicyRule).
+POLICY_RULES: list[dict[str, str | bool]] = [
     dict(
         name="coupon_code",
         # a code-like token (capitals and digits) offered as a code
         pattern=r"\b(code|coupon|voucher)\b\W{0,4}(?-i:[A-Z][A-Z0-9]*\d[A-Z0-9]*)\b",
         why="no invented discount or coupon codes",
+        unless_quoted=True,
     ),
     dict(
         name="discount_offer",
@@ -91,6 +92,7 @@ POLICY_RULES: list[dict[str, str]] = [
         r"offer|offering|apply|applying|add|adding)\b.{0,40}\b(discount|coupon|voucher|"
         r"\d+\s?% off|credit)\b",
         why="no discounts the bot cannot grant",
+        unless_quoted=True,
     ),
     dict(
         name="refund_promise",
@@ -98,6 +100,7 @@ POLICY_RULES: list[dict[str, str]] = [
         r"reimburse|issue (you )?a refund|issued (you )?a refund)\b|\byour refund "
         r"(has been|is|was) (approved|processed|issued|on its way)\b",
         why="no promises of refunds; only the support team decides",
+        unless_quoted=True,
     ),
     dict(
         name="approval",

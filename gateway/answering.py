@@ -79,6 +79,8 @@ class Violation:
 
 
 class PolicyCheck(Protocol):
-    def check(self, text: str) -> Violation | None:
-        """The first operator rule the outgoing text breaks, or None when it may be sent."""
+    def check(self, text: str, quotes: Sequence[str] = ()) -> Violation | None:
+        """The first operator rule the outgoing text breaks, or None when it may be sent;
+        `quotes`: the knowledge-base passages the reply was drawn from (a rule may let a
+        claim through that one of them makes word for word)."""
         ...

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import structlog
 
 from gateway import metrics
-from gateway.answering import Answerer, Passage, PolicyCheck, Violation
+from gateway.answering import Answerer, Passage, PolicyCheck
 from gateway.archive.recorder import Recorder
 from gateway.channel import Channel
 from gateway.message import (
@@ -226,6 +226,7 @@ class Pipeline:
         decided: Decision | None
         try:
             passages = await retrieval
+            live.quotes = tuple(passage.text for passage in passages or ())
             # The holding line covers a slow answer; one that drafts a sentence breaking the
             # policy is stopped there.
             decided = await live.wait_for(
@@ -240,7 +241,7 @@ class Pipeline:
                 explanation="The answerer failed; see the logs.",
                 reply=self._texts.error,
             )
-        decision = self._within_policy(decided, live.violation)
+        decision = self._within_policy(decided, live)
         if decision.action is Action.ESCALATE:
             decision = await self._hand_off(conversation, decision)
         return decision
@@ -310,12 +311,13 @@ class Pipeline:
         conversation.updated_at = datetime.now(UTC)
         await self._store.save(conversation)
 
-    def _within_policy(self, decision: Decision | None, violation: Violation | None) -> Decision:
+    def _within_policy(self, decision: Decision | None, live: LiveReply) -> Decision:
         """A reply that breaks the operator's policy is never sent: a holding reply and an
-        escalation (so a person takes over) replace it. `violation`: a sentence the answerer
-        drafted broke it already, and the answer was stopped (`decision` None)."""
+        escalation (so a person takes over) replace it. `live.violation`: a sentence the
+        answerer drafted broke it already, and the answer was stopped (`decision` None)."""
+        violation = live.violation
         if violation is None and decision is not None and decision.reply:
-            violation = self._policy.check(decision.reply)
+            violation = self._policy.check(decision.reply, live.quotes)
         if violation is None:
             assert decision is not None  # only a violation stops an answer
             return decision

@@ -80,6 +80,9 @@ class LiveReply:
         self._limit = channel.capabilities.text_limit if channel is not None else None
         self._draft = ""  # the reply so far, as the answerer wrote it
         self._released = 0  # characters of the draft the policy check passed
+        # The knowledge-base passages the answer is drawn from (the policy's `quotes`), set
+        # once they are retrieved.
+        self.quotes: tuple[str, ...] = ()
         self._shown = ""  # what the growing message shows
         self._stream: ReplyStream | None = None
         self._resumed = False  # `_stream` is a message a dead worker left growing
@@ -111,7 +114,7 @@ class LiveReply:
         end = max((m.end() for m in _SENTENCE_END.finditer(text, self._released)), default=0)
         if end <= self._released or (self._limit is not None and end > self._limit):
             return
-        violation = self._policy.check(text[:end])
+        violation = self._policy.check(text[:end], self.quotes)
         if violation is not None:
             log.warning("streaming.policy_blocked", rule=violation.rule, why=violation.why)
             self.violation = violation

@@ -90,3 +90,53 @@ async def test_an_offline_answer_that_breaks_an_operator_rule_is_not_sent(
     assert not any("£" in entry.text for entry in transcript)
     blocked = [log for log in logs if log["event"] == "pipeline.policy_blocked"]
     assert blocked and blocked[0]["rule"] == "no_prices"
+
+
+NONPROFIT_PAGE = (
+    "# Nonprofit pricing\n\n"
+    "We offer a 15% discount to registered charities and schools on yearly plans. "
+    "Write to us from your organisation's address to apply.\n"
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We offer a 15% discount to registered charities and schools on yearly plans.",
+        "we  offer a **15% discount** to registered\ncharities",  # spacing, case, emphasis
+    ],
+)
+def test_an_offer_the_knowledge_base_makes_word_for_word_may_be_quoted(text: str) -> None:
+    assert GUARD.check(text) is not None  # said on its own, it is an offer the bot made up
+    assert GUARD.check(text, quotes=[NONPROFIT_PAGE]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        # Another figure, or the page's offer made to this customer: not what the page says.
+        ("We offer a 50% discount to registered charities.", "discount_offer"),
+        ("I can give you a 15% discount today.", "discount_offer"),
+        ("We will refund your order today.", "refund_promise"),
+        # Rules without `unless_quoted` hold whatever the passages say.
+        ("I am a human agent.", "claims_human"),
+    ],
+)
+def test_a_claim_the_passages_do_not_make_is_still_caught(text: str, rule: str) -> None:
+    violation = GUARD.check(text, quotes=[NONPROFIT_PAGE, "Ask for Kim: I am a human agent."])
+    assert violation is not None and violation.rule == rule
+
+
+async def test_an_offline_answer_quoting_the_businesss_documented_offer_is_sent(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "nonprofit-pricing.md").write_text(NONPROFIT_PAGE)
+    brain = BrainConfig(anthropic_api_key=None, min_confidence=0.0)
+    config = GatewayConfig(data_dir=tmp_path / "data", brain=brain)
+    async with Gateway.open(config, embedded=True) as gateway:
+        gateway.runtime.knowledge.ingest([tmp_path / "kb"])
+        body = await gateway.ask("sam", "we're a small charity, do you do any discount for us?")
+    assert body["decision"]["action"] == "answer", body
+    said = " ".join(reply["text"] for reply in body["replies"])
+    assert "15% discount to registered charities" in said
