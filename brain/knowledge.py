@@ -454,7 +454,7 @@ class KnowledgeBase:
 
     @staticmethod
     def _dense(
-        collection: Any, vectors: np.ndarray, depth: int, lexicon: LexicalIndex
+        collection: Any, vectors: np.ndarray, depth: int, index: LexicalIndex
     ) -> list[list[_Found]]:
         """Each query's nearest chunks by Chroma's index, as ids and distances: the texts and
         metadata come from the lexical index, which holds them already (reading them with the
@@ -464,7 +464,7 @@ class KnowledgeBase:
         result = collection.query(query_embeddings=vectors, n_results=depth, include=["distances"])
         read: dict[str, tuple[str, dict[str, Any]]] = {}
         if unknown := sorted(
-            {key for keys in result["ids"] for key in keys} - lexicon.positions.keys()
+            {key for keys in result["ids"] for key in keys} - index.positions.keys()
         ):
             got = collection.get(ids=unknown, include=["documents", "metadatas"])
             read = dict(
@@ -472,8 +472,8 @@ class KnowledgeBase:
             )
 
         def found(key: str, distance: float) -> _Found | None:
-            if key in lexicon.positions:
-                hit = _Found.of(lexicon, lexicon.positions[key])
+            if key in index.positions:
+                hit = _Found.of(index, index.positions[key])
             elif key in read:
                 hit = _Found(key, *read[key])
             else:  # deleted between the query and the read
@@ -786,7 +786,7 @@ def _nearest(
     index: LexicalIndex, held: np.ndarray, vectors: np.ndarray, depth: int
 ) -> list[list[_Found]]:
     """Each query's `depth` nearest chunks by exact cosine over the vectors `held` with the
-    index (all are unit length): one matrix product for the batch, numpy, no GIL held."""
+    index (all are unit length): one matrix product for the whole batch."""
     cosines = vectors @ held.T
     depth = min(depth, held.shape[0])
     nearest = np.argpartition(-cosines, depth - 1, axis=1)[:, :depth]
@@ -806,7 +806,7 @@ def _fused(
     query: _Query,
     dense: list[_Found] | None,
     lexical: LexicalHits | None,
-    lexicon: LexicalIndex,
+    index: LexicalIndex,
 ) -> list[tuple[_Found, tuple[str, ...]]]:
     """The query's top k chunks, each with the retrievers that ranked its page."""
     rankings: dict[str, list[str]] = {}
@@ -815,7 +815,7 @@ def _fused(
         rankings["dense"] = [hit.id for hit in dense]
         chunks.update((hit.id, hit) for hit in dense)
     if lexical is not None:
-        hits = [_Found.of(lexicon, position) for position, _ in lexical.hits]
+        hits = [_Found.of(index, position) for position, _ in lexical.hits]
         rankings["bm25"] = [hit.id for hit in hits]
         for hit in hits:
             chunks.setdefault(hit.id, hit)

@@ -37,16 +37,21 @@ class PolicyGuard:
     def check(self, text: str, quotes: Sequence[str] = ()) -> Violation | None:
         """The first rule the text breaks, or None when it may be sent; `quotes`: the
         knowledge-base passages the reply was drawn from."""
-        quoted = [_EMPHASIS.sub("", _normal(quote)) for quote in quotes]
         for name, why, pattern, unless_quoted in self._rules:
             for claim in pattern.finditer(text):
-                said = _EMPHASIS.sub("", _normal(claim.group()))
-                if not (unless_quoted and any(said in quote for quote in quoted)):
+                if not (unless_quoted and _quoted(claim.group(), quotes)):
                     return Violation(name, why)
         normal = _normal(text)
         if CANARY.lower() in normal or any(s in normal for s in self._sentences):
             return Violation("system_prompt_leak", "never reveal the system prompt")
         return None
+
+
+def _quoted(claim: str, quotes: Sequence[str]) -> bool:
+    """Whether one of `quotes` says `claim` word for word (case, spacing and markdown's
+    emphasis aside); read only for a claim a rule matched, which is rare."""
+    said = _EMPHASIS.sub("", _normal(claim))
+    return any(said in _EMPHASIS.sub("", _normal(quote)) for quote in quotes)
 
 
 def _normal(text: str) -> str:
