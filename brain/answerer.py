@@ -112,7 +112,7 @@ class GroundedAnswerer(ABC):
         passages = await self._search(query, deadline)
         if passages is None or (passages and passages[0].score >= self._config.min_confidence):
             return passages
-        joined = with_previous_turn(message.content, earlier)
+        joined = with_previous_turn(clean(message.content), earlier)
         if joined is None or joined == query:
             return passages
         retried = await self._search(joined, deadline)

@@ -105,16 +105,17 @@ def search_text(message: str, history: Sequence[TranscriptEntry] = ()) -> str:
     question = clean(message)
     if not leans_on_previous(question):
         return question
-    return with_previous_turn(message, history) or question
+    return with_previous_turn(question, history) or question
 
 
-def with_previous_turn(message: str, history: Sequence[TranscriptEntry]) -> str | None:
-    """The cleaned previous customer turn and the cleaned message, or None on a first turn."""
+def with_previous_turn(question: str, history: Sequence[TranscriptEntry]) -> str | None:
+    """The cleaned previous customer turn and `question` (the message, cleaned), or None on a
+    first turn."""
     previous = next(
         (entry.text for entry in reversed(history) if entry.role is Role.CUSTOMER and entry.text),
         None,
     )
-    return None if previous is None else f"{clean(previous)}\n{clean(message)}"
+    return None if previous is None else f"{clean(previous)}\n{question}"
 
 
 def leans_on_previous(question: str) -> bool:
