@@ -1,19 +1,20 @@
 """Brain quality on the labelled Plausible conversations: retrieval, cited pages, escalation
 and injections, per split, with the offline answerer.
 
-    python benchmarks/brain_quality.py --split dev                 # tune and inspect here
-    python benchmarks/brain_quality.py --split dev --show-failures # each failed case's diff
-    python benchmarks/brain_quality.py                             # dev, then test (final figures)
+    python benchmarks/brain_quality.py                   # dev: tune and inspect here
+    python benchmarks/brain_quality.py --show-failures   # each failed dev case's diff
+    python benchmarks/brain_quality.py --split final     # dev, test, holdout: final figures
     python benchmarks/brain_quality.py --split dev --embedder e5-small \
         --brain benchmarks/data/plausible/calibration-e5-small.yaml  # another embedder's scale
 
-The cases are the scenario files benchmarks/data/plausible/{dev,test}.yaml (README there) and
-run through `gateway test`'s runner: the real pipeline in process, one conversation per case,
-decisions taken on the final turn, over the Plausible help centre (--corpus, default
-../shared/corpora/plausible-docs) ingested into Chroma under --cache (a re-run embeds only
-what changed). Retrieval is measured apart, on `KnowledgeBase.search(final turn, k=5)`: hit@k
-is an expected page among the pages of the first k passages. The test split is for final
-figures only: its failures are never printed.
+The cases are the scenario files benchmarks/data/plausible/{dev,test,holdout}.yaml (README
+there) and run through `gateway test`'s runner: the real pipeline in process, one
+conversation per case, decisions taken on the final turn, over the Plausible help centre
+(--corpus, default ../shared/corpora/plausible-docs) ingested into Chroma under --cache (a
+re-run embeds only what changed). Retrieval is measured apart, on
+`KnowledgeBase.search(final turn, k=5)`: hit@k is an expected page among the pages of the
+first k passages. The test and holdout splits are for final figures only: their failures are
+never printed.
 """
 
 from __future__ import annotations
@@ -46,12 +47,17 @@ DATA = ROOT / "benchmarks" / "data" / "plausible"
 CORPUS = ROOT.parent / "shared" / "corpora" / "plausible-docs"
 CACHE = ROOT / ".benchmarks" / "brain_quality"  # .benchmarks/ is git-ignored
 K = 5
+# The held-out halves come after dev: test (held out, but seen in reports since 2026-12-02)
+# and holdout (written apart on 2026-12-03, first run for that day's final figures).
+SPLITS = ("dev", "test", "holdout")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="the help-centre folder")
-    parser.add_argument("--split", choices=["dev", "test", "both"], default="both")
+    parser.add_argument(
+        "--split", choices=[*SPLITS, "final"], default="dev", help="final: all three, in order"
+    )
     parser.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER)
     parser.add_argument(
         "--brain",
@@ -76,7 +82,7 @@ def main() -> None:
         parser.error(f"no corpus at {args.corpus}")
     args.cache = args.cache or CACHE / args.embedder
     configure_logging("warning", "console", [])
-    splits = ["dev", "test"] if args.split == "both" else [args.split]
+    splits = list(SPLITS) if args.split == "final" else [args.split]
     asyncio.run(measure(args, splits))
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/retrieval.py                          # dev split, default corpus
     python benchmarks/retrieval.py --corpus /path/to/plausible-docs --concurrency 50
-    python benchmarks/retrieval.py --split test             # final figures only (see below)
+    python benchmarks/retrieval.py --split holdout          # final figures only (see below)
 
 For each retriever: page-level hit@1 and hit@5 (k=5, one passage per page, an expected page
 among the first k counts), overall and by kind and language, over the split's answerable cases
@@ -16,7 +16,7 @@ answerer escalates them) and for cases that expect a low-confidence escalation (
 unanswerable: there it should not).
 
 The corpus is ingested afresh into a temporary embedded Chroma (the ingest time is part of the
-report). ``test.yaml`` is the held-out split: run ``--split test`` only for final figures of a
+report). ``test.yaml`` and ``holdout.yaml`` are held out: run them only for final figures of a
 finished change (benchmarks/data/plausible/README.md).
 """
 
@@ -82,7 +82,7 @@ MODES = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="the Plausible docs folder")
-    parser.add_argument("--split", choices=["dev", "test"], default="dev")
+    parser.add_argument("--split", choices=["dev", "test", "holdout"], default="dev")
     parser.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10, help="latency passes over the cases")

@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from pydantic import ValidationError
@@ -35,19 +35,19 @@ split = _split_module()
 DEV = split.load(DATA / "dev.yaml")
 TEST = split.load(DATA / "test.yaml")
 ALL = DEV + TEST
+HOLDOUT = split.load(DATA / "holdout.yaml")  # a set of its own, never re-split
 
 
-def test_names_are_unique_across_both_splits() -> None:
-    assert split.problems(ALL, corpus=None) == []
-    assert not {case.name for case in DEV} & {case.name for case in TEST}
+def test_names_are_unique_across_the_three_files() -> None:
+    assert split.problems(ALL + HOLDOUT, corpus=None) == []
 
 
 def test_label_reasons_are_gateway_reasons() -> None:
     assert set(get_args(split.LabelReason)) <= {reason.value for reason in Reason}
 
 
-def test_every_kind_and_reason_is_in_both_splits() -> None:
-    for half in (DEV, TEST):
+def test_every_kind_and_reason_is_in_each_split() -> None:
+    for half in (DEV, TEST, HOLDOUT):
         assert {case.kind for case in half} == set(get_args(split.Kind))
         reasons = {case.expect.reason for case in half if case.expect.action == "escalate"}
         assert reasons == set(get_args(split.LabelReason))
@@ -71,16 +71,24 @@ def test_split_does_not_depend_on_input_order() -> None:
     assert {case.name for case in dev} == {case.name for case in DEV}
 
 
-def test_size_and_mix_meet_the_brief() -> None:
-    kinds = Counter(case.kind for case in ALL)
-    retrieval = [c for c in ALL if c.expect.action == "answer" and c.kind != "injection"]
-    escalations = [c for c in ALL if c.expect.action == "escalate" and c.kind != "injection"]
-    foreign = [case for case in ALL if case.language is not None]
-    assert len(ALL) >= 170
-    assert len(retrieval) >= 110
-    assert len(escalations) >= 60
-    assert kinds["injection"] >= 10
-    assert len(foreign) >= 0.2 * len(ALL)
+@pytest.mark.parametrize(
+    ("cases", "least"),
+    [
+        (ALL, {"all": 170, "retrieval": 110, "escalations": 60, "injections": 10}),
+        (HOLDOUT, {"all": 90, "retrieval": 55, "escalations": 25, "injections": 4}),
+    ],
+    ids=["dev+test", "holdout"],
+)
+def test_size_and_mix_meet_the_brief(cases: list[Any], least: dict[str, int]) -> None:
+    kinds = Counter(case.kind for case in cases)
+    retrieval = [c for c in cases if c.expect.action == "answer" and c.kind != "injection"]
+    escalations = [c for c in cases if c.expect.action == "escalate" and c.kind != "injection"]
+    foreign = [case for case in cases if case.language is not None]
+    assert len(cases) >= least["all"]
+    assert len(retrieval) >= least["retrieval"]
+    assert len(escalations) >= least["escalations"]
+    assert kinds["injection"] >= least["injections"]
+    assert len(foreign) >= 0.2 * len(cases)
     assert {case.language for case in foreign} == {"de", "es", "fr"}
 
 
