@@ -119,7 +119,7 @@ class IntentsConfig(Section):
 
     enabled: bool = True
     # A label fires only when it beats the closest answerable example by this much.
-    margin: float = Field(default=0.08, ge=0.0, le=1.0)
+    margin: float = Field(default=0.04, ge=0.0, le=1.0)
     # A label within this much below its threshold "leans": it names the reason of an
     # escalation the answerer decided without one it could tell (brain/answerer.py).
     lean: float = Field(default=0.08, ge=0.0, le=1.0)

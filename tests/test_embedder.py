@@ -369,4 +369,4 @@ def test_the_e5_calibration_is_brain_settings_on_e5_s_scale() -> None:
     intents = brain.escalation.intents
     assert set(intents.labels) == set(IntentsConfig().labels)  # every shipped label, recalibrated
     assert {label.threshold for label in intents.labels.values()} == {0.86}
-    assert brain.min_confidence > 0.8 and intents.margin < IntentsConfig().margin
+    assert brain.min_confidence > 0.8 and intents.margin == 0.04
