@@ -48,7 +48,7 @@ CORPUS = ROOT.parent / "shared" / "corpora" / "plausible-docs"
 CACHE = ROOT / ".benchmarks" / "brain_quality"  # .benchmarks/ is git-ignored
 K = 5
 # The held-out halves come after dev: test (held out, but seen in reports since 2026-12-02)
-# and holdout (written apart on 2026-12-03, first run for that day's final figures).
+# and holdout (written apart on 2026-12-03, by writers who saw neither the cases nor the bot).
 SPLITS = ("dev", "test", "holdout")
 
 
