@@ -222,11 +222,11 @@ async def test_most_unseen_phrasings_are_recognised_and_at_most_one_as_another_l
 
 
 # benchmarks/intents.py's messages: written by a writer who saw none of the shipped examples.
-WRITER_3 = Path(__file__).resolve().parent.parent / "benchmarks/data/intents/writer-3.yaml"
+VALIDATION = Path(__file__).resolve().parent.parent / "benchmarks/data/intents/validation.yaml"
 
 
 def test_the_validation_messages_are_for_known_labels_and_none_is_a_shipped_example() -> None:
-    messages: dict[str, list[str]] = yaml.safe_load(WRITER_3.read_text(encoding="utf-8"))
+    messages: dict[str, list[str]] = yaml.safe_load(VALIDATION.read_text(encoding="utf-8"))
     config = IntentsConfig()
     assert set(messages) == {*config.labels, ANSWERABLE} - {"orders_to_the_bot"}
     shipped = {
@@ -244,7 +244,7 @@ async def test_another_writers_messages_are_mostly_recognised_and_few_self_serve
     """As benchmarks/intents.py judges them: the rules, then the intents, before any answer.
     The examples from one writer recognised 33 of the 87 that need a person; with three more
     writers' examples, 58 (2026-12-03). 5 of the 50 self-serve questions escalate either way."""
-    messages: dict[str, list[str]] = yaml.safe_load(WRITER_3.read_text(encoding="utf-8"))
+    messages: dict[str, list[str]] = yaml.safe_load(VALIDATION.read_text(encoding="utf-8"))
     config = IntentsConfig()
     reader = IntentReader(config, knowledge)
     judge = EscalationJudge(EscalationConfig(), BrainMessages())
