@@ -242,8 +242,8 @@ async def test_another_writers_messages_are_mostly_recognised_and_few_self_serve
     knowledge: KnowledgeBase,
 ) -> None:
     """As benchmarks/intents.py judges them: the rules, then the intents, before any answer.
-    The examples from one writer recognised 33 of the 87 that need a person; with three more
-    writers' examples, 58 (2026-12-03). 5 of the 50 self-serve questions escalate either way."""
+    The examples from one writer recognised 33 of the 87 that need a person; with two more
+    writers' examples, 53 (2026-12-03). 5 of the 50 self-serve questions escalate either way."""
     messages: dict[str, list[str]] = yaml.safe_load(VALIDATION.read_text(encoding="utf-8"))
     config = IntentsConfig()
     reader = IntentReader(config, knowledge)
@@ -258,7 +258,7 @@ async def test_another_writers_messages_are_mostly_recognised_and_few_self_serve
                 recognised += (
                     decision is not None and decision.reason == config.labels[label].reason
                 )
-    assert recognised >= 0.6 * sum(
+    assert recognised >= 0.55 * sum(
         len(texts) for label, texts in messages.items() if label != ANSWERABLE
     )
     assert escalated_self_serve <= 0.1 * len(messages[ANSWERABLE])
